@@ -1,0 +1,175 @@
+"""Every registered model × input shape, parameter counts, DC quirks and torch.func compatibility."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
+
+from dcbench.errors import DcbenchError
+from dcbench.models import MODELS, ConvNet, build_model, default_convnet_depth
+
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)]
+
+# embedding dimension per model family and input shape (the classifier's input size)
+EMBED_DIMS = {
+    "convnet": {8: 128, 28: 2048, 32: 2048, 64: 2048},  # 8 px grey: 12 → 6 → 3 → 1; 64 px: depth 4
+    "resnet18": {8: 512, 28: 512, 32: 512, 64: 512},
+    "vgg11": {8: 512, 28: 512, 32: 512, 64: 2048},
+    "alexnet": {8: 192, 28: 3072, 32: 3072, 64: 12288},
+    "mlp": {8: 128, 28: 128, 32: 128, 64: 128},
+}
+
+# parameter counts at 3×32×32, 10 classes (spec mtt_and_benchmarks.md §4)
+PARAMETER_COUNTS = {
+    "convnet": 320_010,
+    "convnet-bn": 320_010,
+    "convnet-nn": 319_242,
+    "resnet18": 11_173_962,
+    "resnet18-bn": 11_173_962,
+    "vgg11": 9_231_114,
+    "vgg11-bn": 9_231_114,
+    "alexnet": 1_872_202,
+    "mlp": 411_146,
+}
+
+BUFFER_FREE = ["convnet", "convnet-ln", "convnet-nn", "resnet18", "vgg11", "alexnet", "mlp"]
+
+
+def _family(name: str) -> str:
+    return name.split("-")[0]
+
+
+def test_registry_names() -> None:
+    expected = {
+        "convnet", "convnet-bn", "convnet-ln", "convnet-nn", "resnet18", "resnet18-bn",
+        "vgg11", "vgg11-bn", "alexnet", "mlp",
+    }  # fmt: skip
+    assert expected <= set(MODELS.names())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", MODELS.names())
+def test_forward_backward(name: str, shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    channels, height, width = shape
+    model = build_model(name, channels, 10, (height, width))
+    x = torch.randn(2, *shape, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())
+
+    with torch.no_grad():
+        z = model.embed(x)
+        assert z.shape == (2, EMBED_DIMS[_family(name)][height])
+        assert model.embed_dim == z.shape[1]
+        torch.testing.assert_close(model.classify(z), model(x))
+
+
+@pytest.mark.parametrize("name", list(PARAMETER_COUNTS))
+def test_parameter_count(name: str) -> None:
+    model = build_model(name, 3, 10, (32, 32))
+    assert sum(p.numel() for p in model.parameters()) == PARAMETER_COUNTS[name]
+
+
+def test_convnet_grey_28_behaves_like_32() -> None:
+    model = build_model("convnet", 1, 10, (28, 28))
+    first_conv = model.features[0]
+    assert first_conv.padding == (3, 3)  # DC quirk, spec dm_idm_bacon.md §1.2
+    assert first_conv(torch.zeros(1, 1, 28, 28)).shape == (1, 128, 32, 32)
+    assert build_model("convnet", 3, 10, (32, 32)).features[0].padding == (1, 1)
+
+
+def test_first_conv_padding_for_grey_inputs() -> None:
+    assert build_model("alexnet", 1, 10, (28, 28)).features[0].padding == (4, 4)
+    assert build_model("alexnet", 3, 10, (32, 32)).features[0].padding == (2, 2)
+    assert build_model("vgg11", 1, 10, (28, 28)).features[0].padding == (3, 3)
+    assert build_model("vgg11", 3, 10, (32, 32)).features[0].padding == (1, 1)
+
+
+def test_convnet_depth_from_resolution() -> None:
+    assert [default_convnet_depth((s, s)) for s in (8, 28, 32, 64, 128, 256)] == [3, 3, 3, 4, 5, 6]
+    assert build_model("convnet", 3, 10, (64, 64)).depth == 4
+    assert build_model("convnet", 3, 10, (128, 128)).embed_dim == 2048
+    # DM's Tiny ImageNet setting (ConvNet-3 at 64 px) is an explicit override: 8192-d embedding
+    assert build_model("convnet", 3, 200, (64, 64), depth=3).embed_dim == 8192
+
+
+def test_convnet_norms() -> None:
+    norms = {
+        "convnet": nn.GroupNorm,
+        "convnet-bn": nn.BatchNorm2d,
+        "convnet-ln": nn.LayerNorm,
+    }
+    for name, norm_type in norms.items():
+        model = build_model(name, 3, 10, (32, 32))
+        found = [m for m in model.modules() if isinstance(m, norm_type)]
+        assert len(found) == 3
+    group_norm = build_model("convnet", 3, 10, (32, 32)).features[1]
+    assert (group_norm.num_groups, group_norm.num_channels, group_norm.affine) == (128, 128, True)
+    layer_norm = build_model("convnet-ln", 3, 10, (32, 32)).features[1]
+    assert layer_norm.normalized_shape == (128, 32, 32) and layer_norm.elementwise_affine
+    no_norm = build_model("convnet-nn", 3, 10, (32, 32))
+    assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in no_norm.modules())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"norm": "group"},
+        {"norm": "layer", "pooling": "max"},
+        {"pooling": "none", "depth": 2},
+        {"activation": "leakyrelu"},
+        {"activation": "sigmoid", "norm": "batch"},
+        {"activation": "swish"},
+    ],
+)
+def test_convnet_class_options(options: dict) -> None:
+    model = ConvNet(3, 5, (16, 16), width=16, **options)
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", BUFFER_FREE)
+def test_buffer_free_and_not_in_place(name: str) -> None:
+    model = build_model(name, 3, 10, (32, 32))
+    assert not list(model.buffers())
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+
+
+def test_build_model_errors() -> None:
+    with pytest.raises(DcbenchError, match="did you mean 'resnet18'"):
+        build_model("resnet-18", 3, 10, (32, 32))
+    with pytest.raises(DcbenchError, match="unknown option"):
+        build_model("resnet18", 3, 10, (32, 32), width=64)
+    assert build_model("convnet", 3, 10, (32, 32), width=16).embed_dim == 16 * 4 * 4
+
+
+@pytest.mark.parametrize(("name", "options"), [("convnet", {}), ("resnet18", {})])
+def test_vmap_over_stacked_copies(name: str, options: dict) -> None:
+    """The evaluator's pattern: several seeds trained at once with torch.func."""
+    torch.manual_seed(0)
+    copies = [build_model(name, 3, 10, (32, 32), **options) for _ in range(3)]
+    params, buffers = stack_module_state(copies)
+    base = copy.deepcopy(copies[0]).to("meta")
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.tensor([1, 7])
+
+    def forward(p: dict, b: dict, inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, b), (inputs,))
+
+    def loss(p: dict, b: dict, inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(forward(p, b, inputs), y)
+
+    outputs = vmap(forward, in_dims=(0, 0, None))(params, buffers, x)
+    grads = vmap(grad(loss), in_dims=(0, 0, None))(params, buffers, x)
+    for i, model in enumerate(copies):
+        torch.testing.assert_close(outputs[i], model(x), rtol=1e-4, atol=1e-5)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        for key, param in model.named_parameters():
+            torch.testing.assert_close(grads[key][i], param.grad, rtol=1e-3, atol=1e-5)
