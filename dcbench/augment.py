@@ -44,7 +44,7 @@ class DSAParams:
     contrast: float = 0.5  # contrast factor in [contrast, contrast + 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare fields explicitly
 class DSADraw:
     """Random transformation parameters for G groups of images of size ``height``×``width``.
 

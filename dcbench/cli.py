@@ -31,7 +31,9 @@ def _ints(text: str, option: str) -> list[int]:
             else:
                 out.append(int(part))
         except ValueError:
-            raise click.BadParameter(f"expected integers like 1,10 or 0-4, got {part!r}", param_hint=option) from None
+            raise click.BadParameter(
+                f"expected integers like 1,10 or 0-4, got {part!r}", param_hint=option
+            ) from None
     return out
 
 
@@ -55,7 +57,8 @@ class _Cli(click.Group):
 def main(verbose: bool) -> None:
     """dcbench: distil, evaluate and rank dataset-distillation methods."""
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
     )
 
 
@@ -81,18 +84,26 @@ def _tqdm_factory(enabled: bool) -> Callable | None:
 
 
 @main.command()
-@click.option("--methods", default=None, help="Comma-separated methods (default: every registered method).")
+@click.option(
+    "--methods", default=None, help="Comma-separated methods (default: every registered method)."
+)
 @click.option("--datasets", default="digits", show_default=True, help="Comma-separated datasets.")
 @click.option("--ipc", "ipcs", default="1", show_default=True, help="Images per class, e.g. 1,10.")
 @click.option("--models", default="convnet", show_default=True, help="Evaluation models.")
 @click.option("--evaluators", default="hard", show_default=True, help="Evaluation protocols.")
 @click.option("--distill-seeds", default="0", show_default=True, help="e.g. 0 or 0-2.")
-@click.option("--eval-seeds", default=None, help="e.g. 0-4 (default: the preset's number of seeds).")
+@click.option(
+    "--eval-seeds", default=None, help="e.g. 0-4 (default: the preset's number of seeds)."
+)
 @click.option("--preset", default="smoke", show_default=True, help="smoke, fast or paper.")
-@click.option("--set", "settings", multiple=True, help="Method setting key=value or method.key=value.")
+@click.option(
+    "--set", "settings", multiple=True, help="Method setting key=value or method.key=value."
+)
 @click.option("--store", default=DEFAULT_STORE, show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--data-root", default=None, envvar="DCBENCH_DATA", help="Dataset folder [$DCBENCH_DATA].")
+@click.option(
+    "--data-root", default=None, envvar="DCBENCH_DATA", help="Dataset folder [$DCBENCH_DATA]."
+)
 @click.option("--download", is_flag=True, help="Download missing datasets through torchvision.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(methods, datasets, ipcs, models, evaluators, distill_seeds, eval_seeds, preset, settings,
@@ -143,7 +154,9 @@ def run(methods, datasets, ipcs, models, evaluators, distill_seeds, eval_seeds, 
 
 
 @main.command("ls")
-@click.argument("what", type=click.Choice(["methods", "datasets", "models", "evaluators", "presets"]))
+@click.argument(
+    "what", type=click.Choice(["methods", "datasets", "models", "evaluators", "presets"])
+)
 def ls(what: str) -> None:
     """List registered plugins and presets."""
     import dcbench.datasets  # noqa: F401
@@ -159,7 +172,11 @@ def ls(what: str) -> None:
             cls = METHODS.get(name)
             rows.append((name, f"[{cls.label_kind}] {_first_line(cls.__doc__)}"))
     elif what == "datasets":
-        rows = [(n, DATASETS.get(n).description) for n in DATASETS.names() if not DATASETS.get(n).test_only]
+        rows = [
+            (n, DATASETS.get(n).description)
+            for n in DATASETS.names()
+            if not DATASETS.get(n).test_only
+        ]
     elif what == "models":
         rows = [(n, _first_line(getattr(MODELS.get(n), "__doc__", ""))) for n in MODELS.names()]
     elif what == "evaluators":
@@ -178,16 +195,20 @@ def _first_line(doc: str | None) -> str:
 @main.command()
 @click.argument("path", type=click.Path())
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "dcbench", "dc", "mtt", "folder"]), help="File format.")  # fmt: skip
+              type=click.Choice(["auto", "dcbench", "dc", "mtt", "folder"]),
+              help="File format.")  # fmt: skip
 @click.option("--dataset", default=None, help="Dataset (default: the set's metadata).")
-@click.option("--decoder", default=None, help="Decoder for encoded releases (IDM/BACON: partition2x2).")
+@click.option(
+    "--decoder", default=None, help="Decoder for encoded releases (IDM/BACON: partition2x2)."
+)
 @click.option("--models", default="convnet", show_default=True)
 @click.option("--evaluator", default="hard", show_default=True)
 @click.option("--eval-seeds", default=None, help="e.g. 0-4 (default: the preset's seeds).")
 @click.option("--preset", default="fast", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--data-root", default=None, envvar="DCBENCH_DATA")
-def evaluate(path, fmt, dataset, decoder, models, evaluator, eval_seeds, preset, device, data_root) -> None:  # fmt: skip
+def evaluate(path, fmt, dataset, decoder, models, evaluator, eval_seeds, preset, device,
+             data_root) -> None:  # fmt: skip
     """Evaluate a distilled set file (ours or an imported DC/MTT/folder release)."""
     import numpy as np
 
@@ -208,7 +229,9 @@ def evaluate(path, fmt, dataset, decoder, models, evaluator, eval_seeds, preset,
     distilled = read_distilled(path, fmt, info)
     name = dataset or distilled.meta.get("dataset")
     if not name:
-        raise DcbenchError(f"{path} does not say its dataset: pass --dataset ({', '.join(DATASETS.names())})")
+        raise DcbenchError(
+            f"{path} does not say its dataset: pass --dataset ({', '.join(DATASETS.names())})"
+        )
     data = load_dataset(name, data_root)
     if decoder:
         if decoder not in DECODERS:
@@ -222,8 +245,18 @@ def evaluate(path, fmt, dataset, decoder, models, evaluator, eval_seeds, preset,
         derived = [derive(name, ev.name, m, s) for s in seeds]
         metrics = ev.evaluate(distilled, data, m, seeds=derived, device=dev, budget=budget)
         accs = np.array([x["accuracy"] for x in metrics]) * 100
-        rows.append((m, f"{accs.mean():.2f} ± {accs.std():.2f}", len(accs), " ".join(f"{a:.2f}" for a in accs)))
-    click.echo(f"{path}: {distilled.num_images} images, dataset {name}, evaluator {ev.name}, preset {preset}")
+        rows.append(
+            (
+                m,
+                f"{accs.mean():.2f} ± {accs.std():.2f}",
+                len(accs),
+                " ".join(f"{a:.2f}" for a in accs),
+            )
+        )
+    click.echo(
+        f"{path}: {distilled.num_images} images, dataset {name}, evaluator {ev.name}, "
+        f"preset {preset}"
+    )
     click.echo(tabulate(rows, headers=["model", "accuracy %", "n", "per seed"], tablefmt="github"))
 
 
@@ -244,7 +277,11 @@ def show(store: str, failed: bool) -> None:
         frame = records_to_frame(scan.records, include_failed=True)
         frame = frame[frame["status"] == "failed"] if not frame.empty else frame
         cols = ["method", "dataset", "ipc", "evaluator", "model", "eval_seed", "error"]
-        click.echo(tabulate(frame[cols], headers="keys", tablefmt="github", showindex=False) if not frame.empty else "no failed records")
+        click.echo(
+            tabulate(frame[cols], headers="keys", tablefmt="github", showindex=False)
+            if not frame.empty
+            else "no failed records"
+        )
         return
     frame = records_to_frame(scan.records)
     if frame.empty:

@@ -65,7 +65,10 @@ class CostMeter:
             self.peak_cuda = torch.cuda.max_memory_allocated(self.device)
 
     def as_dict(self, prefix: str) -> dict[str, Any]:
-        out = {f"{prefix}_seconds": round(self.seconds, 4), f"{prefix}_peak_rss_mb": round(self.peak_rss / 2**20, 1)}
+        out = {
+            f"{prefix}_seconds": round(self.seconds, 4),
+            f"{prefix}_peak_rss_mb": round(self.peak_rss / 2**20, 1),
+        }
         if self.device.type == "cuda":
             out[f"{prefix}_peak_cuda_mb"] = round(self.peak_cuda / 2**20, 1)
         return out

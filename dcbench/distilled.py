@@ -97,8 +97,8 @@ class DistilledSet:
         x, y = self.images, self.labels
         if x.dim() != 4 or tuple(x.shape[1:]) != info.image_shape:
             raise InvalidDistilledSetError(
-                f"images have shape {tuple(x.shape)}, expected N×{'×'.join(map(str, info.image_shape))}"
-                f" for {info.name}"
+                f"images have shape {tuple(x.shape)}, expected "
+                f"N×{'×'.join(map(str, info.image_shape))} for {info.name}"
             )
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise InvalidDistilledSetError(
@@ -248,8 +248,10 @@ def import_mtt(path: str | os.PathLike) -> DistilledSet:
     folder = path if path.is_dir() else path.parent
     shards = sorted(folder.glob("images_best_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
     image_files = [folder / "images_best.pt"] if (folder / "images_best.pt").is_file() else shards
-    label_files = [folder / "labels_best.pt"] if (folder / "labels_best.pt").is_file() else sorted(
-        folder.glob("labels_best_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1])
+    label_files = (
+        [folder / "labels_best.pt"]
+        if (folder / "labels_best.pt").is_file()
+        else sorted(folder.glob("labels_best_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
     )
     if not image_files or not label_files:
         raise InvalidDistilledSetError(

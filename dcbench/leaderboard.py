@@ -9,7 +9,7 @@ from dcbench.method import METHODS
 
 
 def method_order(names: list[str]) -> list[str]:
-    """Registry order first (``full`` and ``random`` lead), unknown plugins after, alphabetically."""
+    """Registry order (``full`` and ``random`` lead), then unregistered names alphabetically."""
     registered = [m for m in METHODS.names() if m in names]
     return registered + sorted(set(names) - set(registered))
 

@@ -128,7 +128,9 @@ def _coerce(text: str, hint: Any, key: str) -> Any:
             return hint(text)
         return json.loads(text)
     except (ValueError, TypeError):
-        raise DcbenchError(f"setting {key}={text!r}: expected {getattr(hint, '__name__', hint)}") from None
+        raise DcbenchError(
+            f"setting {key}={text!r}: expected {getattr(hint, '__name__', hint)}"
+        ) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

@@ -190,7 +190,7 @@ class ConvNet(Classifier):
         return self.features(x).flatten(1)
 
 
-def _convnet_factory(norm: str) -> ModelFactory:
+def _convnet_factory(norm: str, description: str) -> ModelFactory:
     def build(
         channels: int,
         num_classes: int,
@@ -203,14 +203,14 @@ def _convnet_factory(norm: str) -> ModelFactory:
     ) -> Classifier:
         return ConvNet(channels, num_classes, image_size, width, depth, norm, pooling, activation)
 
-    build.__doc__ = f"ConvNet with {norm} norm (width 128, depth from the resolution)."
+    build.__doc__ = f"ConvNet with {description} (width 128, depth 3 at ≤32 px, +1 per doubling)."
     return build
 
 
-MODELS.add("convnet", _convnet_factory("instance"))
-MODELS.add("convnet-bn", _convnet_factory("batch"))
-MODELS.add("convnet-ln", _convnet_factory("layer"))
-MODELS.add("convnet-nn", _convnet_factory("none"))
+MODELS.add("convnet", _convnet_factory("instance", "instance norm, DC's default"))
+MODELS.add("convnet-bn", _convnet_factory("batch", "BatchNorm2d"))
+MODELS.add("convnet-ln", _convnet_factory("layer", "LayerNorm over C×H×W"))
+MODELS.add("convnet-nn", _convnet_factory("none", "no normalisation"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The evaluation protocol: presets, named derived seeds and the protocol version.
 
-Presets scale compute, never the algorithm: ``paper`` uses the published iteration counts and evaluation
-epochs, ``fast`` reduced ones for CPU reproduction runs, ``smoke`` seconds for tests and CI. The preset
-is part of every record key and every table caption.
+Presets scale compute, never the algorithm: ``paper`` uses the published iteration counts and
+evaluation epochs, ``fast`` reduced ones for CPU reproduction runs, ``smoke`` seconds for tests and
+CI. The preset is part of every record key and every table caption.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ class Preset:
     """Compute budget of a run.
 
     ``eval_epochs`` follows the reference code's ``epoch_eval_train`` semantics: training runs
-    ``eval_epochs + 1`` passes over the set, with the learning rate ×0.1 (and a fresh optimiser) after
-    pass index ``eval_epochs // 2 + 1`` (spec dm_idm_bacon.md §1.5). ``full_epochs`` is the same for
-    the ``full`` upper-bound row, which trains on the whole train split. Methods scale their paper
-    iteration counts with :meth:`iterations`.
+    ``eval_epochs + 1`` passes over the set, with the learning rate ×0.1 (and a fresh optimiser)
+    after pass index ``eval_epochs // 2 + 1`` (spec dm_idm_bacon.md §1.5). ``full_epochs`` is the
+    same for the ``full`` upper-bound row, which trains on the whole train split. Methods scale
+    their paper iteration counts with :meth:`iterations`.
     """
 
     name: str
@@ -83,7 +83,7 @@ for _preset in (
 
 
 def seed_hash(*parts: object) -> int:
-    """A 63-bit seed derived from named parts (stable across runs, platforms and Python versions)."""
+    """A 63-bit seed derived from named parts (stable across runs, platforms and versions)."""
     text = json.dumps([str(p) for p in parts])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 

@@ -1,8 +1,8 @@
 """Typed registries with "did you mean" errors and entry-point plugins.
 
 A registry maps lowercase names to objects (classes or factory functions). Third-party packages add
-plugins through an entry-point group (for example ``dcbench.methods``); the group is loaded the first
-time the registry is read, so the core never imports a plugin by name.
+plugins through an entry-point group (for example ``dcbench.methods``); the group is loaded the
+first time the registry is read, so the core never imports a plugin by name.
 """
 
 from __future__ import annotations

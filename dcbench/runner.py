@@ -2,7 +2,8 @@
 skip what the store holds, execute the rest and write each finished record atomically.
 
 A failed job is recorded as failed (with its one-line reason) and the run goes on; rerunning retries
-failed and missing records only, so killing a run and starting it again loses and duplicates nothing.
+failed and missing records only, so killing a run and starting it again loses and duplicates
+nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+import dcbench
 from dcbench.cost import CostMeter, environment
 from dcbench.data import DATASETS, RealData, load_dataset
 from dcbench.errors import DcbenchError
@@ -23,8 +25,6 @@ from dcbench.method import METHODS, Method, config_dict
 from dcbench.models import MODELS
 from dcbench.protocol import PRESETS, PROTOCOL_VERSION, Preset, content_key, distill_seed, eval_seed
 from dcbench.store import ResultStore
-
-import dcbench
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,15 @@ def plan(spec: RunSpec, store: ResultStore) -> tuple[list[Job], Preset, dict[str
     for ipc in spec.ipcs:
         if ipc <= 0:
             raise DcbenchError(f"ipc must be a positive integer, got {ipc}")
-    eval_seeds = spec.eval_seeds if spec.eval_seeds is not None else list(range(preset.num_eval_seeds))
+    eval_seeds = (
+        spec.eval_seeds if spec.eval_seeds is not None else list(range(preset.num_eval_seeds))
+    )
     if not eval_seeds or not spec.distill_seeds:
         raise DcbenchError("at least one distillation seed and one evaluation seed are needed")
     per_method = _split_overrides(spec.overrides, methods)
-    datasets = {name: load_dataset(name, spec.data_root, download=spec.download) for name in spec.datasets}
+    datasets = {
+        name: load_dataset(name, spec.data_root, download=spec.download) for name in spec.datasets
+    }
     jobs = []
     for method in methods.values():
         for dname, data in datasets.items():
@@ -153,11 +157,17 @@ def plan(spec: RunSpec, store: ResultStore) -> tuple[list[Job], Preset, dict[str
                     for ev_name, ev_cls in evaluators.items():
                         for model in spec.models:
                             keys = [
-                                content_key({
-                                    "kind": "record", "artifact": akey, "evaluator": ev_name,
-                                    "evaluator_protocol": ev_cls.protocol_version, "model": model,
-                                    "eval_seed": s, "preset": preset.name,
-                                })  # fmt: skip
+                                content_key(
+                                    {
+                                        "kind": "record",
+                                        "artifact": akey,
+                                        "evaluator": ev_name,
+                                        "evaluator_protocol": ev_cls.protocol_version,
+                                        "model": model,
+                                        "eval_seed": s,
+                                        "preset": preset.name,
+                                    }
+                                )  # fmt: skip
                                 for s in eval_seeds
                             ]
                             evals.append(EvalTask(ev_name, model, list(eval_seeds), keys))
@@ -236,8 +246,8 @@ def _run_job(job, todo, preset, data, store, device, summary, progress) -> None:
                 **base, "key": key, "status": "ok", "error": None,
                 "evaluator": task.evaluator, "protocol_version": evaluator.protocol_version,
                 "model": task.model, "eval_seed": seed,
-                "seeds": {"distill": distill_seed(job.method, job.dataset, job.ipc, job.distill_seed),
-                          "eval": d_seed},
+                "seeds": {"eval": d_seed, "distill": distill_seed(
+                    job.method, job.dataset, job.ipc, job.distill_seed)},
                 "metrics": m, "cost": {**distill_cost, **eval_cost}, "env": env,
                 "created": _now(),
             })  # fmt: skip

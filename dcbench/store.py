@@ -66,8 +66,12 @@ class ResultStore:
                 self.records_dir.mkdir(parents=True, exist_ok=True)
                 self.artifacts_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise DcbenchError(f"cannot create the store at {self.root}: {exc.strerror}") from None
-            if not os.access(self.records_dir, os.W_OK) or not os.access(self.artifacts_dir, os.W_OK):
+                raise DcbenchError(
+                    f"cannot create the store at {self.root}: {exc.strerror}"
+                ) from None
+            if not os.access(self.records_dir, os.W_OK) or not os.access(
+                self.artifacts_dir, os.W_OK
+            ):
                 raise DcbenchError(f"the store {self.root} is not writable")
         elif not self.records_dir.is_dir():
             raise DcbenchError(f"{self.root} is not a dcbench store (no records/ folder)")
@@ -92,7 +96,9 @@ class ResultStore:
     def put(self, record: dict[str, Any]) -> None:
         """Write one record atomically (it must carry its ``key``)."""
         record = {"schema": SCHEMA_VERSION, **record}
-        atomic_write_text(self.record_path(record["key"]), json.dumps(record, indent=1, sort_keys=True))
+        atomic_write_text(
+            self.record_path(record["key"]), json.dumps(record, indent=1, sort_keys=True)
+        )
 
     def scan(self) -> StoreScan:
         """Read every record; corrupt files and newer schemas are reported, not fatal."""
@@ -143,7 +149,9 @@ IDENTITY = [
 ]  # fmt: skip
 
 
-def records_to_frame(records: list[dict[str, Any]], *, include_failed: bool = False) -> pd.DataFrame:
+def records_to_frame(
+    records: list[dict[str, Any]], *, include_failed: bool = False
+) -> pd.DataFrame:
     """Records → a flat DataFrame (``metrics.*`` and ``cost.*`` columns, accuracy in [0, 1])."""
     rows = []
     for r in records:

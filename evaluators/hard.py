@@ -5,7 +5,8 @@ first when the set names a decoder) with their hard labels: SGD lr 0.01 (or the 
 ``train_lr`` when ``use_train_lr``), momentum 0.9, weight decay 5e-4, batch 256, DSA on every
 mini-batch with independent draws per image, ``E + 1`` passes with the lr ×0.1 and a fresh optimiser
 after pass ``E//2 + 1``, and one test of the final network. E comes from the preset (1000 under
-``paper``); the ``full`` upper bound trains on the real train split for the preset's ``full_epochs``.
+``paper``); the ``full`` upper bound trains on the real train split for the preset's
+``full_epochs``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The whole training set: the upper-bound row of every leaderboard.
 
 It references the real train split instead of copying it into the store; the evaluator trains on the
-real data for the preset's ``full_epochs`` (smoke 1, fast 10, paper 300 passes + 1; the last is hours
-per seed for Fashion-MNIST on 2 CPU cores).
+real data for the preset's ``full_epochs`` (smoke 1, fast 10, paper 300; each + 1 pass, as the
+evaluation epochs). ``paper`` is hours per seed for Fashion-MNIST on 2 CPU cores.
 """
 
 from __future__ import annotations

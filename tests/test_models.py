@@ -1,4 +1,4 @@
-"""Every registered model × input shape, parameter counts, DC quirks and torch.func compatibility."""
+"""Every registered model × input shape, parameter counts, DC quirks, torch.func support."""
 
 from __future__ import annotations
 
@@ -149,15 +149,14 @@ def test_build_model_errors() -> None:
     assert build_model("convnet", 3, 10, (32, 32), width=16).embed_dim == 16 * 4 * 4
 
 
-@pytest.mark.parametrize(("name", "options"), [("convnet", {}), ("resnet18", {})])
-def test_vmap_over_stacked_copies(name: str, options: dict) -> None:
-    """The evaluator's pattern: several seeds trained at once with torch.func."""
+@pytest.mark.parametrize("name", ["convnet", "resnet18"])
+def test_vmap_over_stacked_copies(name: str) -> None:
+    """The evaluator's pattern: several seeds run at once with ``torch.func``."""
     torch.manual_seed(0)
-    copies = [build_model(name, 3, 10, (32, 32), **options) for _ in range(3)]
-    params, buffers = stack_module_state(copies)
-    base = copy.deepcopy(copies[0]).to("meta")
+    copies = [build_model(name, 3, 10, (32, 32)) for _ in range(3)]
     x = torch.randn(2, 3, 32, 32)
     y = torch.tensor([1, 7])
+    base = copy.deepcopy(copies[0]).to("meta")
 
     def forward(p: dict, b: dict, inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (inputs,))
@@ -165,11 +164,18 @@ def test_vmap_over_stacked_copies(name: str, options: dict) -> None:
     def loss(p: dict, b: dict, inputs: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(forward(p, b, inputs), y)
 
+    params, buffers = stack_module_state(copies)
     outputs = vmap(forward, in_dims=(0, 0, None))(params, buffers, x)
-    grads = vmap(grad(loss), in_dims=(0, 0, None))(params, buffers, x)
+    with torch.no_grad():
+        for i, model in enumerate(copies):
+            torch.testing.assert_close(outputs[i], model(x), rtol=1e-4, atol=1e-5)
+
+    # Gradients in float64: in float32 the batched and unbatched kernels round differently and a
+    # deep net amplifies that to ~1e-3 relative, which would hide real mismatches.
+    copies = [model.double() for model in copies]
+    params, buffers = stack_module_state(copies)
+    grads = vmap(grad(loss), in_dims=(0, 0, None))(params, buffers, x.double())
     for i, model in enumerate(copies):
-        torch.testing.assert_close(outputs[i], model(x), rtol=1e-4, atol=1e-5)
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x.double()), y).backward()
         for key, param in model.named_parameters():
-            torch.testing.assert_close(grads[key][i], param.grad, rtol=1e-3, atol=1e-5)
+            torch.testing.assert_close(grads[key][i], param.grad)
