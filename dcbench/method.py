@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from dcbench.cache import ArtifactCache
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet
 from dcbench.errors import DcbenchError
@@ -74,8 +75,13 @@ class Method(ABC):
         device: torch.device,
         budget: Preset,
         progress: Progress | None = None,
+        cache: ArtifactCache | None = None,
     ) -> DistilledSet:
-        """Distil ``ipc`` images per class from ``data``."""
+        """Distil ``ipc`` images per class from ``data``.
+
+        ``cache`` (given by the runner) stores intermediate artifacts such as trained networks
+        under a content key, so they are computed once per store; ``None`` means no reuse.
+        """
 
 
 METHODS: Registry[type[Method]] = Registry("method", entry_point_group="dcbench.methods")

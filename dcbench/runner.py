@@ -265,8 +265,9 @@ def _distilled(job, method, preset, data, store, device, progress):
     tick = progress(f"{job.label} distill", 0) if progress else None
     with CostMeter(device) as meter:
         distilled = method.distill(
-            data, job.ipc, job.config, seed=seed, device=device, budget=preset, progress=tick
-        )
+            data, job.ipc, job.config, seed=seed, device=device, budget=preset, progress=tick,
+            cache=store.cache,
+        )  # fmt: skip
     distilled.validate(data.info)
     cost = meter.as_dict("distill")
     distilled.meta.update({

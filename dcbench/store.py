@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from dcbench.cache import ArtifactCache
 from dcbench.distilled import DistilledSet
 from dcbench.errors import DcbenchError
 
@@ -75,6 +76,7 @@ class ResultStore:
                 raise DcbenchError(f"the store {self.root} is not writable")
         elif not self.records_dir.is_dir():
             raise DcbenchError(f"{self.root} is not a dcbench store (no records/ folder)")
+        self.cache = ArtifactCache(self.root / "cache")
 
     # --- records -------------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ order), since every seed keeps its own initialisation, batch order and augmentat
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +39,6 @@ class TrainRecipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
-    test_batch_size: int = 500
 
     @property
     def num_passes(self) -> int:
@@ -67,6 +65,44 @@ def has_buffers(model: nn.Module) -> bool:
     return any(True for _ in model.buffers())
 
 
+def train_networks(
+    build: Callable[[], nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seeds: Sequence[int],
+    recipe: TrainRecipe,
+    *,
+    augment: DSA | None,
+    device: torch.device,
+    ensemble: bool | None = None,
+    progress: Progress | None = None,
+) -> list[nn.Module]:
+    """Train one network per seed on ``images``/``labels`` and return the trained networks.
+
+    ``ensemble=None`` picks the vmapped ensemble for buffer-free models on CUDA and the per-seed
+    loop otherwise (batch-norm running statistics are buffers; see the module docstring for CPU).
+    """
+    images = images.to(device)
+    labels = labels.to(device)
+    models = [init_model(build, s).to(device) for s in seeds]
+    gens = [_generator(s, device) for s in seeds]
+    if ensemble is None:
+        ensemble = device.type == "cuda" and not has_buffers(models[0])
+    if ensemble:
+        params = _train_ensemble(models, images, labels, gens, recipe, augment, progress)
+        with torch.no_grad():
+            for i, model in enumerate(models):
+                for name, p in model.named_parameters():
+                    p.copy_(params[name][i])
+        return models
+    for i, (model, gen) in enumerate(zip(models, gens)):
+        per_seed = None
+        if progress is not None:
+            per_seed = lambda d, t, i=i: progress(i * t + d, t * len(models))  # noqa: B023
+        _train_loop(model, images, labels, gen, recipe, augment, per_seed)
+    return models
+
+
 def train_and_test(
     build: Callable[[], nn.Module],
     train_images: torch.Tensor,
@@ -81,30 +117,12 @@ def train_and_test(
     ensemble: bool | None = None,
     progress: Progress | None = None,
 ) -> list[float]:
-    """Train one network per seed on the given set and return each one's test accuracy.
-
-    ``ensemble=None`` picks the vmapped ensemble for buffer-free models on CUDA and the per-seed
-    loop otherwise (batch-norm running statistics are buffers; see the module docstring for CPU).
-    """
-    train_images = train_images.to(device)
-    train_labels = train_labels.to(device)
-    models = [init_model(build, s).to(device) for s in seeds]
-    gens = [_generator(s, device) for s in seeds]
-    if ensemble is None:
-        ensemble = device.type == "cuda" and not has_buffers(models[0])
-    if ensemble:
-        params = _train_ensemble(
-            models, train_images, train_labels, gens, recipe, augment, progress
-        )
-        return _test_ensemble(models[0], params, test_images, test_labels, recipe, device)
-    accs = []
-    for i, (model, gen) in enumerate(zip(models, gens)):
-        per_seed = None
-        if progress is not None:
-            per_seed = lambda d, t, i=i: progress(i * t + d, t * len(models))  # noqa: B023
-        _train_loop(model, train_images, train_labels, gen, recipe, augment, per_seed)
-        accs.append(_test_model(model, test_images, test_labels, recipe, device))
-    return accs
+    """Train one network per seed (:func:`train_networks`) and return each one's test accuracy."""
+    models = train_networks(
+        build, train_images, train_labels, seeds, recipe, augment=augment, device=device,
+        ensemble=ensemble, progress=progress,
+    )  # fmt: skip
+    return [test_accuracy(m, test_images, test_labels, device) for m in models]
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -219,43 +237,21 @@ def _train_ensemble(
 
 
 @torch.inference_mode()
-def _test_model(
+def test_accuracy(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    recipe: TrainRecipe,
     device: torch.device,
+    batch_size: int = 500,
 ) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on the given images."""
     model.eval()
     # channels-last activations run the test pass ~1.2× faster on oneDNN (benchmarks/results)
     model = model.to(memory_format=torch.channels_last)
     correct = 0
-    for start in range(0, images.shape[0], recipe.test_batch_size):
-        x = images[start : start + recipe.test_batch_size].to(device)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device)
         x = x.contiguous(memory_format=torch.channels_last)
-        y = labels[start : start + recipe.test_batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
         correct += int((model(x).argmax(dim=1) == y).sum())
     return correct / images.shape[0]
-
-
-@torch.no_grad()
-def _test_ensemble(
-    model: nn.Module,
-    params: dict[str, torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    recipe: TrainRecipe,
-    device: torch.device,
-) -> list[float]:
-    base = copy.deepcopy(model).to("meta")
-    base.eval()
-    forward = vmap(lambda p, x: functional_call(base, p, (x,)), in_dims=(0, None))
-    num_seeds = next(iter(params.values())).shape[0]
-    correct = torch.zeros(num_seeds, dtype=torch.long, device=device)
-    # keep the activations of all seeds of one chunk within a few hundred MB
-    chunk = max(32, math.ceil(recipe.test_batch_size / num_seeds))
-    for start in range(0, images.shape[0], chunk):
-        x = images[start : start + chunk].to(device)
-        y = labels[start : start + chunk].to(device)
-        correct += (forward(params, x).argmax(dim=2) == y).sum(dim=1)
-    return [int(c) / images.shape[0] for c in correct]

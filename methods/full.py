@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from dcbench.cache import ArtifactCache
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet
 from dcbench.method import Method, NoConfig, Progress, register_method
@@ -31,6 +32,7 @@ class FullData(Method):
         device: torch.device,
         budget: Preset,
         progress: Progress | None = None,
+        cache: ArtifactCache | None = None,
     ) -> DistilledSet:
         c, h, w = data.info.image_shape
         return DistilledSet(

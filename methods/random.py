@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from dcbench.cache import ArtifactCache
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet
 from dcbench.method import Method, NoConfig, Progress, register_method
@@ -28,6 +29,7 @@ class RandomReal(Method):
         device: torch.device,
         budget: Preset,
         progress: Progress | None = None,
+        cache: ArtifactCache | None = None,
     ) -> DistilledSet:
         gen = torch.Generator().manual_seed(seed)
         idx = sample_per_class(data, ipc, gen)

@@ -28,7 +28,7 @@ if "test-explode" not in METHODS:
     class _Explode(Method):
         """Fails at ipc 2 (tests only)."""
 
-        def distill(self, data, ipc, config, *, seed, device, budget, progress=None):
+        def distill(self, data, ipc, config, *, seed, device, budget, progress=None, cache=None):
             if ipc == 2:
                 raise RuntimeError("boom\nsecond line")
             idx = torch.cat([i[:ipc] for i in data.class_indices])
@@ -38,7 +38,7 @@ if "test-explode" not in METHODS:
     class _Nan(Method):
         """Returns NaN images (tests only)."""
 
-        def distill(self, data, ipc, config, *, seed, device, budget, progress=None):
+        def distill(self, data, ipc, config, *, seed, device, budget, progress=None, cache=None):
             c, h, w = data.info.image_shape
             n = ipc * data.info.num_classes
             labels = torch.arange(data.info.num_classes).repeat_interleave(ipc)
