@@ -106,6 +106,8 @@ class ResultStore:
         """Read every record; corrupt files and newer schemas are reported, not fatal."""
         scan = StoreScan()
         for path in sorted(self.records_dir.glob("*.json")):
+            if path.name.startswith("."):  # a write interrupted before its os.replace
+                continue
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
                 if not isinstance(record, dict) or "key" not in record:

@@ -169,3 +169,44 @@ def test_corrupt_and_newer_records_are_reported_not_fatal(tmp_path):
     assert len(scan.records) == 1
     assert any("bad.json" in p for p in scan.problems)
     assert any("schema 99" in p for p in scan.problems)
+
+
+def test_sigkill_mid_run_then_rerun_matches_a_clean_run(tmp_path):
+    """A real kill -9 of the CLI: finished records survive, no partial files, rerun completes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cli(store):
+        return [sys.executable, "-m", "dcbench.cli", "run", "--methods", "random,full",
+                "--datasets", "tiny", "--ipc", "1,2,3", "--eval-seeds", "0", "--store", str(store),
+                "--device", "cpu", "--no-progress"]  # fmt: skip
+
+    def finished(folder):
+        return {p.name: p.read_text() for p in folder.glob("*.json") if not p.name.startswith(".")}
+
+    store = tmp_path / "killed"
+    proc = subprocess.Popen(cli(store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = store / "records"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (records.is_dir() and finished(records)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    survived = finished(records)
+    assert 1 <= len(survived) < 4, "the kill should land mid-run"
+    subprocess.run(cli(store), check=True, capture_output=True)
+    after = finished(records)
+    assert len(after) == 4  # random × 3 ipcs + full, one seed
+    assert all(after[name] == text for name, text in survived.items())  # nothing redone
+    assert not ResultStore(store).scan().problems  # an interrupted write leaves only ignored .tmp
+    clean = tmp_path / "clean"
+    subprocess.run(cli(clean), check=True, capture_output=True)
+    accs = {
+        n: json.loads(t)["metrics"]["accuracy"] for n, t in after.items()
+    }  # same keys, same numbers as an uninterrupted run
+    assert accs == {
+        n: json.loads(t)["metrics"]["accuracy"] for n, t in finished(clean / "records").items()
+    }
