@@ -110,11 +110,11 @@ def run(methods, datasets, ipcs, models, evaluators, distill_seeds, eval_seeds, 
         store, device, data_root, download, no_progress) -> None:  # fmt: skip
     """Distil and evaluate a grid, skipping what the store already holds, then print the
     leaderboard of what the grid covers."""
-    from dcbench.leaderboard import leaderboards
     from dcbench.method import METHODS, parse_overrides
+    from dcbench.report import terminal_leaderboards
     from dcbench.runner import RunSpec
     from dcbench.runner import run as run_grid
-    from dcbench.store import ResultStore, records_to_frame
+    from dcbench.store import ResultStore
 
     spec = RunSpec(
         methods=_split(methods) if methods else METHODS.names(),
@@ -143,10 +143,10 @@ def run(methods, datasets, ipcs, models, evaluators, distill_seeds, eval_seeds, 
         err=True,
     )
     wanted = set(summary.keys)
-    frame = records_to_frame([r for r in result_store.records() if r["key"] in wanted])
-    for caption, table in leaderboards(frame):
-        click.echo(f"\n{caption}")
-        click.echo(tabulate(table, headers="keys", tablefmt="github"))
+    records = [r for r in result_store.records() if r["key"] in wanted]
+    tables = terminal_leaderboards(records, _published(None, required=False))
+    if tables:
+        click.echo(f"\n{tables}")
     for line in summary.failed:
         click.echo(f"failed: {line}", err=True)
     if summary.failed:
@@ -265,7 +265,7 @@ def evaluate(path, fmt, dataset, decoder, models, evaluator, eval_seeds, preset,
 @click.option("--failed", is_flag=True, help="List failed records with their reasons instead.")
 def show(store: str, failed: bool) -> None:
     """Show the records of a store as leaderboard tables."""
-    from dcbench.leaderboard import leaderboards
+    from dcbench.report import terminal_leaderboards
     from dcbench.store import ResultStore, records_to_frame
 
     if not Path(store).exists():
@@ -283,13 +283,134 @@ def show(store: str, failed: bool) -> None:
             else "no failed records"
         )
         return
-    frame = records_to_frame(scan.records)
-    if frame.empty:
-        click.echo(f"the store {store} holds no finished records")
+    tables = terminal_leaderboards(scan.records, _published(None, required=False))
+    click.echo(tables or f"the store {store} holds no finished records")
+
+
+def _published(path: str | None, *, required: bool = True):
+    """The published numbers: ``path``, else this checkout's ``leaderboards/published.csv``
+    (None when that file is absent and ``path`` was not given)."""
+    from dcbench.published import DEFAULT_PUBLISHED, load_published
+
+    if path:
+        return load_published(path)
+    if DEFAULT_PUBLISHED.is_file():
+        try:
+            return load_published(DEFAULT_PUBLISHED)
+        except DcbenchError:
+            if required:
+                raise
+    return None
+
+
+_STORES_HELP = (
+    "A store, or a folder whose sub-folders are stores (e.g. leaderboards/runs); repeatable. "
+    f"[default: {DEFAULT_STORE}]"
+)
+
+
+@main.command()
+@click.option(
+    "--store", "stores", multiple=True, type=click.Path(file_okay=False), help=_STORES_HELP
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output folder; without it the markdown report goes to stdout.",
+)
+@click.option(
+    "--format",
+    "formats",
+    default=None,
+    help="Comma-separated md, csv, html [default: all three with --out, md without].",
+)
+@click.option("--preset", "presets", default=None, help="Only these presets (comma-separated).")
+@click.option("--datasets", default=None, help="Only these datasets (comma-separated).")
+@click.option(
+    "--published",
+    default=None,
+    envvar="DCBENCH_PUBLISHED",
+    type=click.Path(dir_okay=False),
+    help="Published numbers CSV [default: this checkout's leaderboards/published.csv; "
+    "$DCBENCH_PUBLISHED].",
+)
+@click.option("--no-figures", is_flag=True, help="Skip the figures and image grids.")
+def report(stores, out, formats, presets, datasets, published, no_figures) -> None:  # fmt: skip
+    """Render leaderboards, cost tables, figures and an HTML page from stores alone."""
+    from dcbench.report import FORMATS, build_report, load_stores, render_markdown, write_report
+
+    wanted = _split(formats) if formats else (list(FORMATS) if out else ["md"])
+    for fmt in wanted:
+        if fmt not in FORMATS:
+            raise DcbenchError(f"unknown format {fmt!r}; valid choices: {', '.join(FORMATS)}")
+    if out is None and wanted != ["md"]:
+        raise DcbenchError("--format csv/html write files: pass --out DIR (only md goes to stdout)")
+    loaded = load_stores(stores or [DEFAULT_STORE])
+    for problem in loaded.problems:
+        click.echo(f"warning: {problem}", err=True)
+    result = build_report(
+        loaded,
+        _published(published),
+        presets=_split(presets) if presets else None,
+        datasets=_split(datasets) if datasets else None,
+    )
+    if out is None:
+        click.echo(render_markdown(result), nl=False)
         return
-    for caption, table in leaderboards(frame):
-        click.echo(f"\n{caption}")
-        click.echo(tabulate(table, headers="keys", tablefmt="github"))
+    written = write_report(result, out, wanted, figures=not no_figures)
+    pages = [p.name for p in written if p.parent == Path(out)]
+    figures = len(written) - len(pages)
+    click.echo(f"wrote {', '.join(pages)} and {figures} figure files to {out}")
+
+
+@main.command()
+@click.option(
+    "--store", "stores", multiple=True, type=click.Path(file_okay=False), help=_STORES_HELP
+)
+@click.option(
+    "--baseline",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Baseline CSV to compare with (method, dataset, ipc, preset, model, mean, std).",
+)
+@click.option(
+    "--write-baseline",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the store's cells as a baseline CSV instead.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=None,
+    help="Allowed drop in accuracy points [default: max(1, 3 × baseline std) per cell].",
+)
+def check(stores, baseline, write_baseline, tolerance) -> None:  # fmt: skip
+    """Fail (exit 1) when a store's accuracy regressed below a committed baseline."""
+    from dcbench.report import check_baseline, check_lines, load_stores, read_baseline
+    from dcbench.report import write_baseline as write
+
+    if (baseline is None) == (write_baseline is None):
+        raise DcbenchError("pass exactly one of --baseline FILE and --write-baseline FILE")
+    if tolerance is not None and tolerance < 0:
+        raise DcbenchError(f"--tolerance must be >= 0 points, got {tolerance}")
+    loaded = load_stores(stores or [DEFAULT_STORE])
+    for problem in loaded.problems:
+        click.echo(f"warning: {problem}", err=True)
+    if write_baseline:
+        table = write(loaded.records, write_baseline)
+        click.echo(f"wrote {len(table)} baseline cells to {write_baseline}")
+        return
+    rows = check_baseline(loaded.records, read_baseline(baseline), tolerance)
+    table, failures = check_lines(rows)
+    click.echo(table)
+    for line in failures:
+        click.echo(line, err=True)
+    if failures:
+        click.echo(f"check failed: {len(failures)} of {len(rows)} baseline cells", err=True)
+        sys.exit(1)
+    click.echo(f"check passed: {len(rows)} baseline cells within tolerance")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,77 @@
-"""Leaderboard tables as pure functions of the record DataFrame (``ResultStore.to_dataframe``)."""
+"""Leaderboard tables as pure functions of the records (``ResultStore.scan().records``).
+
+A *track* is one (evaluator, preset, protocol version, evaluator protocol version): records of
+different tracks are never pooled. Within a track a *cell* is (model, method, dataset, ipc); its
+number is the mean ± population std (numpy's ddof 0, as the reference code) of the final-epoch
+accuracies of every finished record of the cell, in percent, with their count n.
+
+Tables come back as :class:`Table` objects (display strings plus caption) for the renderers in
+:mod:`dcbench.report`, and as tidy numeric frames for CSV.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from dcbench.errors import DcbenchError
 from dcbench.method import METHODS
+from dcbench.store import records_to_frame
+
+#: Rows every main leaderboard shows, with ``—`` when they have no records.
+ALWAYS_SHOWN = ("full", "random")
+#: The evaluation model of the main leaderboard when a track has it (DC's protocol network).
+REFERENCE_MODEL = "convnet"
+MISSING = "—"
+TRACK = ["evaluator", "preset", "protocol", "protocol_version"]
+CELL = ["model", "method", "dataset", "ipc"]
 
 
-def method_order(names: list[str]) -> list[str]:
-    """Registry order (``full`` and ``random`` lead), then unregistered names alphabetically."""
-    registered = [m for m in METHODS.names() if m in names]
-    return registered + sorted(set(names) - set(registered))
+# --- records → frames --------------------------------------------------------------------------
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean, population std (numpy's ddof 0, as the reference code) and count of accuracy per
-    (evaluator, preset, model, method, dataset, ipc), in percent."""
-    if frame.empty:
-        return pd.DataFrame(
-            columns=["evaluator", "preset", "model", "method", "dataset", "ipc", "mean", "std", "n"]
+def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Records (ok and failed) → one row each: ``records_to_frame``'s columns plus the record's
+    ``protocol``, ``artifact``, ``device_name`` and ``cpu_threads``; ``ipc`` as nullable Int64."""
+    frame = records_to_frame(list(records), include_failed=True).drop_duplicates("key")
+    by_key = {r["key"]: r for r in records}
+    extra = {
+        "protocol": lambda r: r.get("protocol"),
+        "artifact": lambda r: r.get("artifact"),
+        "device_name": lambda r: (r.get("env") or {}).get("device_name"),
+        "cpu_threads": lambda r: (r.get("env") or {}).get("cpu_threads"),
+    }
+    for column, get in extra.items():
+        frame[column] = [get(by_key[k]) for k in frame["key"]] if len(frame) else []
+    for column in ("accuracy", "dcbench_version", "device", "error"):  # absent when no record
+        if column not in frame:  # has them (an empty store, only failed records)
+            frame[column] = np.nan
+    frame["ipc"] = pd.array([None if pd.isna(v) else int(v) for v in frame["ipc"]], dtype="Int64")
+    for column in ("protocol", "protocol_version"):
+        frame[column] = pd.array(
+            [None if pd.isna(v) else int(v) for v in frame[column]], dtype="Int64"
         )
-    frame = frame.assign(ipc=frame["ipc"].astype("Int64"))
-    groups = frame.groupby(
-        ["evaluator", "preset", "model", "method", "dataset", "ipc"], dropna=False, sort=False
-    )["accuracy"]
-    out = groups.agg(
+    return frame
+
+
+def ok_records(frame: pd.DataFrame) -> pd.DataFrame:
+    """The finished records of ``frame``."""
+    return frame[frame["status"] == "ok"]
+
+
+def cell_stats(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per track × cell in percent: ``mean``, ``std`` (ddof 0) and ``n``."""
+    columns = [*TRACK, *CELL, "mean", "std", "n"]
+    ok = ok_records(frame)
+    if ok.empty:
+        return pd.DataFrame(columns=columns)
+    groups = ok.groupby([*TRACK, *CELL], dropna=False, sort=False)
+    out = groups["accuracy"].agg(
         mean=lambda a: 100 * float(np.mean(a)),
         std=lambda a: 100 * float(np.std(a)),
         n="count",
@@ -33,45 +79,477 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
-    """Methods × (dataset, IPC) table of ``mean ± std (n)`` strings for one evaluator/preset/model.
-
-    IPC-independent rows (``full``, stored with ipc = None) are shown in every IPC column of their
-    dataset. A missing cell is ``—``.
-    """
-    stats = summarize(frame)
-    if stats.empty:
-        return pd.DataFrame()
-    ipcs = stats.dropna(subset=["ipc"]).groupby("dataset", sort=False)["ipc"].unique()
-    columns = [(d, int(i)) for d in stats["dataset"].unique() for i in sorted(ipcs.get(d, []))]
-    rows = method_order(list(stats["method"].unique()))
-    table = pd.DataFrame("—", index=rows, columns=[f"{d} ipc{i}" for d, i in columns])
-    for r in stats.itertuples():
-        cell = f"{r.mean:.2f} ± {r.std:.2f} ({r.n})"
-        if pd.isna(r.ipc):
-            targets = [f"{r.dataset} ipc{i}" for d, i in columns if d == r.dataset]
-            if not targets:  # only IPC-independent methods ran on this dataset
-                table[f"{r.dataset} all"] = table.get(f"{r.dataset} all", "—")
-                targets = [f"{r.dataset} all"]
-        else:
-            targets = [f"{r.dataset} ipc{int(r.ipc)}"]
-        for col in targets:
-            table.loc[r.method, col] = cell
-    table.index.name = "method"
-    return table
+# --- orderings ----------------------------------------------------------------------------------
 
 
-def leaderboards(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """One captioned leaderboard per (evaluator, preset, model): tables never mix presets."""
-    out = []
-    if frame.empty:
-        return out
-    for (evaluator, preset, model), part in frame.groupby(
-        ["evaluator", "preset", "model"], sort=False
-    ):
-        caption = (
-            f"{evaluator}-label track · model {model} · preset {preset} · test accuracy % "
-            "(mean ± std over evaluation seeds, n records)"
+def _registry_order(names: Iterable[str], registry_names: list[str]) -> list[str]:
+    names = set(names)
+    known = [n for n in registry_names if n in names]
+    return known + sorted(names - set(known))
+
+
+def method_order(names: Iterable[str]) -> list[str]:
+    """Registry order (``full`` and ``random`` lead), then unregistered names alphabetically."""
+    return _registry_order(names, METHODS.names())
+
+
+def dataset_order(names: Iterable[str]) -> list[str]:
+    """Dataset registry order, then unknown names alphabetically."""
+    import dcbench.datasets  # noqa: F401  (registers the built-in datasets)
+    from dcbench.data import DATASETS
+
+    return _registry_order(names, DATASETS.names())
+
+
+def model_order(names: Iterable[str]) -> list[str]:
+    """Model registry order, then unknown names alphabetically."""
+    from dcbench.models import MODELS
+
+    return _registry_order(names, MODELS.names())
+
+
+def is_upper_bound(method: str) -> bool:
+    """True for IPC-independent methods (the ``full`` row): shown, never ranked."""
+    try:
+        return bool(METHODS.get(method).ipc_independent)
+    except DcbenchError:  # an unregistered method (plugin not installed)
+        return False
+
+
+# --- tracks and captions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Track:
+    """Records that may be pooled: one evaluator, preset and protocol version."""
+
+    evaluator: str
+    preset: str
+    protocol: int | None
+    protocol_version: int | None
+
+    @property
+    def label_kind(self) -> str | None:
+        """``hard`` or ``soft`` from the evaluator's registration (None if unknown)."""
+        from dcbench.evaluator import EVALUATORS
+
+        try:
+            return EVALUATORS.get(self.evaluator).label_kind
+        except DcbenchError:  # an evaluator plugin that is not installed
+            return None
+
+    @property
+    def title(self) -> str:
+        kind = f"{self.label_kind.capitalize()}-label" if self.label_kind else "Unknown-label"
+        return (
+            f"{kind} track · evaluator {self.evaluator} v{_v(self.protocol_version)} · "
+            f"preset {self.preset} · protocol v{_v(self.protocol)}"
         )
-        out.append((caption, leaderboard(part)))
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identifier."""
+        return f"{self.evaluator}-{self.preset}-p{_v(self.protocol)}-e{_v(self.protocol_version)}"
+
+    def select(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``frame`` (records or cell stats) that belong to this track."""
+        mask = (frame["evaluator"] == self.evaluator) & (frame["preset"] == self.preset)
+        for column in ("protocol", "protocol_version"):
+            value = getattr(self, column)
+            mask &= frame[column].isna() if value is None else frame[column] == value
+        return frame[mask.fillna(False).astype(bool)]
+
+
+def _v(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def tracks(frame: pd.DataFrame) -> list[Track]:
+    """The tracks of the finished records: hard-label first, then evaluator, preset (registry
+    order) and protocol."""
+    from dcbench.protocol import PRESETS
+
+    ok = ok_records(frame)
+    if ok.empty:
+        return []
+    found = {
+        Track(str(e), str(p), None if pd.isna(pv) else int(pv), None if pd.isna(ev) else int(ev))
+        for e, p, pv, ev in ok[TRACK].drop_duplicates().itertuples(index=False)
+    }
+    presets = PRESETS.names()
+
+    def key(t: Track) -> tuple:
+        preset = presets.index(t.preset) if t.preset in presets else len(presets)
+        return (t.label_kind != "hard", t.evaluator, preset, t.preset, t.protocol or 0,
+                t.protocol_version or 0)  # fmt: skip
+
+    return sorted(found, key=key)
+
+
+def main_model(models: Iterable[str]) -> str:
+    """The main leaderboard's model: :data:`REFERENCE_MODEL` if present, else the first in
+    registry order."""
+    models = list(models)
+    return REFERENCE_MODEL if REFERENCE_MODEL in models else model_order(models)[0]
+
+
+def seeds_text(values: Iterable[Any]) -> str:
+    """``[0, 1, 2, 4]`` → ``"0–2, 4"``."""
+    nums = sorted({int(v) for v in values if not pd.isna(v)})
+    parts: list[str] = []
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        parts.append(str(nums[i]) if i == j else f"{nums[i]}–{nums[j]}")
+        i = j + 1
+    return ", ".join(parts) or "none"
+
+
+def context(records: pd.DataFrame, track: Track) -> str:
+    """The caption line every table carries: preset, protocol versions, seeds and dcbench."""
+    ok = ok_records(records)
+    versions = sorted({str(v) for v in ok["dcbench_version"].dropna()}) or ["unknown"]
+    return (
+        f"Preset {track.preset}, protocol v{_v(track.protocol)} (evaluator {track.evaluator} "
+        f"v{_v(track.protocol_version)}), seeds: distillation {seeds_text(ok['distill_seed'])} × "
+        f"evaluation {seeds_text(ok['eval_seed'])}, dcbench {', '.join(versions)}."
+    )
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """A rendered table: ``frame`` holds display strings (its first column labels the rows)."""
+
+    name: str
+    title: str
+    caption: str
+    frame: pd.DataFrame
+
+
+def fmt_cell(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f} ({n})"
+
+
+def fmt_delta(value: float) -> str:
+    return MISSING if pd.isna(value) else f"{value:+.2f}"
+
+
+def fmt_seconds(seconds: float) -> str:
+    if pd.isna(seconds):
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def fmt_bytes(size: float) -> str:
+    if pd.isna(size):
+        return MISSING
+    if size < 1000:
+        return f"{size:.0f} B"
+    exponent = min(int(math.log10(size) // 3), 3)
+    return f"{size / 1000**exponent:.3g} {('kB', 'MB', 'GB')[exponent - 1]}"
+
+
+def column_label(dataset: str, ipc: int | None) -> str:
+    return f"{dataset} ipc{ipc}" if ipc is not None else f"{dataset} (all)"
+
+
+def ipc_text(ipc: Any) -> str:
+    return "all" if pd.isna(ipc) else str(int(ipc))
+
+
+def _columns(cells: pd.DataFrame) -> list[tuple[str, int | None]]:
+    """(dataset, ipc) columns: every IPC of a dataset; ``(dataset, None)`` for a dataset with
+    IPC-independent rows only."""
+    out: list[tuple[str, int | None]] = []
+    for dataset in dataset_order(cells["dataset"].unique()):
+        ipcs = sorted(int(i) for i in cells.loc[cells["dataset"] == dataset, "ipc"].dropna())
+        out.extend([(dataset, i) for i in dict.fromkeys(ipcs)] or [(dataset, None)])
     return out
+
+
+def _lookup(frame: pd.DataFrame, method: str, dataset: str, ipc: int | None) -> pd.Series | None:
+    """The row of a (method, dataset, ipc) cell; IPC-independent rows (ipc missing) stand for
+    every IPC of their dataset."""
+    rows = frame[(frame["method"] == method) & (frame["dataset"] == dataset)]
+    if ipc is not None:
+        exact = rows[(rows["ipc"] == ipc).fillna(False).astype(bool)]
+        if len(exact):
+            return exact.iloc[0]
+    loose = rows[rows["ipc"].isna()]
+    return loose.iloc[0] if len(loose) else None
+
+
+def _sorted_cells(part: pd.DataFrame) -> pd.DataFrame:
+    """Model, dataset, IPC then method order (registry orders)."""
+    if part.empty:
+        return part.reset_index(drop=True)
+    keys = {
+        "_o": part["model"].map({m: i for i, m in enumerate(model_order(part["model"]))}),
+        "_d": part["dataset"].map({d: i for i, d in enumerate(dataset_order(part["dataset"]))}),
+        "_i": part["ipc"].fillna(0).astype(int),
+        "_m": part["method"].map({m: i for i, m in enumerate(method_order(part["method"]))}),
+    }
+    ordered = part.assign(**keys).sort_values(list(keys), kind="stable")
+    return ordered.drop(columns=list(keys)).reset_index(drop=True)
+
+
+def track_published(published: pd.DataFrame | None, track: Track) -> pd.DataFrame:
+    """``published_cells`` for the track's label kind (empty without a table or label kind)."""
+    from dcbench.published import published_cells
+
+    columns = ["method", "dataset", "ipc", "model", "published_mean", "published_std",
+               "published_text", "published_source", "dcbench_mean", "dcbench_text"]  # fmt: skip
+    if published is None or track.label_kind is None:
+        return pd.DataFrame(columns=columns).astype({"ipc": "Int64"})
+    return published_cells(published, track.label_kind)
+
+
+def accuracy_rows(
+    stats: pd.DataFrame, track: Track, published: pd.DataFrame | None
+) -> pd.DataFrame:
+    """Tidy cells of one track (every model): ``mean``, ``std``, ``n``, the published and
+    DC-BENCH numbers matched on (method, dataset, ipc, model) and the track's label kind, and
+    ``delta`` = ours − published."""
+    part = track.select(stats).copy()
+    part["ipc"] = part["ipc"].astype("Int64")
+    part = part.merge(track_published(published, track), on=["method", "dataset", "ipc", "model"],
+                      how="left")  # fmt: skip
+    part["delta"] = part["mean"] - part["published_mean"]
+    return _sorted_cells(part)
+
+
+def leaderboard_table(
+    records: pd.DataFrame, stats: pd.DataFrame, track: Track, published: pd.DataFrame | None
+) -> Table:
+    """Methods × (dataset, IPC) for the track's main model, with the published number and the
+    difference, DC-BENCH's re-evaluation and the mean rank. The published (DC-BENCH) columns of a
+    dataset appear when a shown method has a published (DC-BENCH) number on it."""
+    part = track.select(stats)
+    model = main_model(part["model"].unique())
+    cells = part[part["model"] == model]
+    pub = track_published(published, track)
+    pub = pub[pub["model"] == model]
+    columns = _columns(cells)
+    methods = method_order(set(cells["method"]) | set(ALWAYS_SHOWN))
+    pub = pub[pub["method"].isin(methods) & pub["dataset"].isin({d for d, _ in columns})]
+    pub_datasets = set(pub.loc[pub["published_mean"].notna(), "dataset"])
+    dcb_datasets = set(pub.loc[pub["dcbench_mean"].notna(), "dataset"])
+    body: dict[str, list[str]] = {"method": methods}
+    means = pd.DataFrame(index=methods, dtype=float)
+    for dataset, ipc in columns:
+        label = column_label(dataset, ipc)
+        ours = [_lookup(cells, m, dataset, ipc) for m in methods]
+        theirs = [_lookup(pub, m, dataset, ipc) for m in methods]
+        mean = [np.nan if r is None else r["mean"] for r in ours]
+        means[label] = mean
+        body[label] = [
+            MISSING if r is None else fmt_cell(r["mean"], r["std"], r["n"]) for r in ours
+        ]
+        if dataset in pub_datasets:
+            pmean = [np.nan if p is None else p["published_mean"] for p in theirs]
+            body[f"{label} published"] = [_text(p, "published_text") for p in theirs]
+            body[f"{label} Δ"] = [fmt_delta(a - b) for a, b in zip(mean, pmean)]
+        if dataset in dcb_datasets:
+            body[f"{label} DC-BENCH"] = [_text(p, "dcbench_text") for p in theirs]
+    ranked = [m for m in methods if not is_upper_bound(m)]
+    complete = [c for c in means.columns if ranked and means.loc[ranked, c].notna().all()]
+    ranks = means.loc[ranked, complete].rank(ascending=False, method="average").mean(axis=1)
+    body["mean rank"] = [
+        f"{ranks[m]:.2f}" if complete and m in ranks.index else MISSING for m in methods
+    ]
+    upper = [m for m in methods if is_upper_bound(m)]
+    caption = " ".join(
+        s
+        for s in (
+            f"Test accuracy (%) of {model} networks trained from scratch on each set: mean ± std "
+            "(n) over the finished records of the cell (population std).",
+            context(track.select(records[records["model"] == model]), track),
+            _published_note(pub_datasets, dcb_datasets, track),
+            f"{', '.join(upper)}: the upper bound (the whole train split), shown in every IPC "
+            "column of its dataset and not ranked."
+            if upper
+            else "",
+            f"Mean rank (1 = best) over the {len(complete)} column(s) where every ranked method "
+            "has a number; other columns are not ranked. No accuracy is averaged over rows with "
+            "missing cells.",
+        )
+        if s
+    )
+    return Table(f"leaderboard-{track.slug}", f"Leaderboard ({model})", caption, pd.DataFrame(body))
+
+
+def _text(row: pd.Series | None, column: str) -> str:
+    return MISSING if row is None or pd.isna(row[column]) else str(row[column])
+
+
+def _published_note(pub: set[str], dcb: set[str], track: Track) -> str:
+    if not pub and not dcb:
+        return "No published number exists for the methods and datasets shown."
+    text = (
+        "published: the number the literature reports for the same method, dataset, IPC, model "
+        f"and {track.label_kind} labels (the published table, role reported); "
+        "Δ = ours − published."
+    )
+    if dcb:
+        text += " DC-BENCH: DC-BENCH's re-evaluation under its own protocol, not a paper number."
+    return text
+
+
+def cross_arch_tables(records: pd.DataFrame, stats: pd.DataFrame, track: Track) -> list[Table]:
+    """One methods × evaluation-model table per (dataset, IPC) of the track (none when the track
+    has a single model)."""
+    cells = track.select(stats)
+    models = model_order(cells["model"].unique())
+    if len(models) < 2:
+        return []
+    recs = track.select(records)
+    tables = []
+    for dataset, ipc in _columns(cells):
+        here = cells[cells["dataset"] == dataset]
+        present = here[(here["ipc"] == ipc).fillna(False).astype(bool) | here["ipc"].isna()]
+        methods = method_order(present["method"].unique())
+        body: dict[str, list[str]] = {"method": methods}
+        for model in models:
+            found = [_lookup(here[here["model"] == model], m, dataset, ipc) for m in methods]
+            body[model] = [
+                MISSING if r is None else fmt_cell(r["mean"], r["std"], r["n"]) for r in found
+            ]
+        at = recs[(recs["dataset"] == dataset)]
+        caption = (
+            f"Cross-architecture test accuracy (%) on {dataset}"
+            + (f" at IPC {ipc}" if ipc is not None else "")
+            + ": each model trained from scratch on the same distilled sets; mean ± std (n). "
+            + context(at, track)
+        )
+        tables.append(
+            Table(
+                f"cross-arch-{track.slug}-{dataset}-ipc{ipc_text(ipc)}",
+                f"Cross-architecture · {column_label(dataset, ipc)}",
+                caption,
+                pd.DataFrame(body),
+            )
+        )
+    return tables
+
+
+def train_split_bytes(records: pd.DataFrame, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Bytes of each dataset's real train split as uint8 pixels, where known: the image count
+    from an IPC-independent (``full``) record's ``train_images`` and the image shape from
+    ``shapes`` (dataset → C, H, W, read from any stored artifact)."""
+    ok = ok_records(records)
+    out = {}
+    for dataset, part in ok[ok["ipc"].isna()].groupby("dataset"):
+        counts = part["train_images"].dropna() if "train_images" in part else []
+        if len(counts) and dataset in shapes:
+            out[str(dataset)] = int(counts.max()) * int(np.prod(shapes[str(dataset)]))
+    return out
+
+
+COST_COLUMNS = [
+    "method", "dataset", "ipc", "model", "distill_seconds", "eval_seconds_per_network",
+    "distill_peak_rss_mb", "eval_peak_rss_mb", "distill_peak_cuda_mb", "eval_peak_cuda_mb",
+    "device", "stored_bytes", "compression",
+]  # fmt: skip
+
+
+def cost_rows(
+    records: pd.DataFrame, track: Track, model: str, train_bytes: dict[str, int]
+) -> pd.DataFrame:
+    """Tidy cost of each (method, dataset, ipc) of the track's main model: mean distillation
+    seconds over distinct artifacts, mean evaluation seconds per network, peak memories, devices,
+    mean stored bytes and compression = train-split bytes ÷ stored bytes (1 for the upper bound,
+    which references the train split)."""
+    ok = ok_records(track.select(records))
+    ok = ok[ok["model"] == model]
+    rows = []
+    for (method, dataset, ipc), part in ok.groupby(["method", "dataset", "ipc"], dropna=False):
+        artifacts = part.drop_duplicates("artifact")
+        stored = _mean(artifacts, "stored_bytes")
+        ratio = np.nan
+        if is_upper_bound(method):
+            ratio = 1.0
+        elif dataset in train_bytes and stored and not pd.isna(stored):
+            ratio = train_bytes[dataset] / stored
+        rows.append({
+            "method": method, "dataset": dataset, "ipc": ipc, "model": model,
+            "distill_seconds": _mean(artifacts, "distill_seconds"),
+            "eval_seconds_per_network": _mean(part, "eval_seconds"),
+            "distill_peak_rss_mb": _max(part, "distill_peak_rss_mb"),
+            "eval_peak_rss_mb": _max(part, "eval_total_peak_rss_mb"),
+            "distill_peak_cuda_mb": _max(part, "distill_peak_cuda_mb"),
+            "eval_peak_cuda_mb": _max(part, "eval_total_peak_cuda_mb"),
+            "device": ", ".join(sorted({_device(r) for r in part.itertuples()})),
+            "stored_bytes": stored,
+            "compression": ratio,
+        })  # fmt: skip
+    frame = pd.DataFrame(rows, columns=COST_COLUMNS)
+    frame["ipc"] = frame["ipc"].astype("Int64")
+    frame["stored_bytes"] = frame["stored_bytes"].astype(float).round().astype("Int64")
+    return _sorted_cells(frame)
+
+
+def _mean(frame: pd.DataFrame, column: str) -> float:
+    return (
+        float(frame[column].mean()) if column in frame and frame[column].notna().any() else np.nan
+    )
+
+
+def _max(frame: pd.DataFrame, column: str) -> float:
+    return float(frame[column].max()) if column in frame and frame[column].notna().any() else np.nan
+
+
+def _device(row: Any) -> str:
+    device = str(getattr(row, "device", None) or "unknown")
+    if device == "cpu":
+        threads = getattr(row, "cpu_threads", None)
+        return f"cpu ({int(threads)} threads)" if threads and not pd.isna(threads) else "cpu"
+    name = getattr(row, "device_name", None)
+    return f"{device} ({name})" if name and not pd.isna(name) else device
+
+
+def cost_table(records: pd.DataFrame, track: Track, rows: pd.DataFrame) -> Table:
+    """The cost rows (:func:`cost_rows`) of a track as display strings."""
+    cuda = rows[["distill_peak_cuda_mb", "eval_peak_cuda_mb"]].notna().any().any()
+    body = {
+        "method": rows["method"],
+        "dataset": rows["dataset"],
+        "ipc": [ipc_text(i) for i in rows["ipc"]],
+        "distill time": [fmt_seconds(s) for s in rows["distill_seconds"]],
+        "eval time / network": [fmt_seconds(s) for s in rows["eval_seconds_per_network"]],
+        "peak memory distill / eval": [
+            f"{_mb(a)} / {_mb(b)}"
+            for a, b in zip(rows["distill_peak_rss_mb"], rows["eval_peak_rss_mb"])
+        ],
+    }
+    if cuda:
+        body["peak GPU distill / eval"] = [
+            f"{_mb(a)} / {_mb(b)}"
+            for a, b in zip(rows["distill_peak_cuda_mb"], rows["eval_peak_cuda_mb"])
+        ]
+    body["device"] = list(rows["device"])
+    body["stored"] = [fmt_bytes(b) for b in rows["stored_bytes"]]
+    body["compression"] = [MISSING if pd.isna(c) else f"{c:.3g}×" for c in rows["compression"]]
+    model = rows["model"].iloc[0] if len(rows) else REFERENCE_MODEL
+    caption = (
+        "Cost of each distilled set: distillation wall time (mean over distillation seeds), "
+        f"evaluation wall time per trained {model} network, peak resident memory (MB) of the "
+        "distillation and of the evaluation, the device, the stored bytes of the set (images, "
+        "labels, soft labels and any other tensors of the artifact file) and the compression "
+        "ratio = bytes of the real train split as uint8 pixels ÷ stored bytes (known once the "
+        "store holds a full-data record of the dataset). "
+        + context(track.select(records[records["model"] == model]), track)
+    )
+    return Table(f"cost-{track.slug}", "Cost", caption, pd.DataFrame(body))
+
+
+def _mb(value: float) -> str:
+    return MISSING if pd.isna(value) else f"{value:.0f} MB"
