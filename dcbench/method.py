@@ -58,11 +58,14 @@ class Method(ABC):
         file_config: Mapping[str, Any] | None = None,
     ) -> Any:
         """The effective config: overrides > config file > paper table > dataclass defaults."""
-        values: dict[str, Any] = {}
-        values.update(self.paper_settings.get((dataset, ipc), {}))
+        values: dict[str, Any] = dict(self.settings_for(dataset, ipc))
         for source in (file_config or {}, overrides or {}):
             values.update(_coerce_fields(self.Config, source, self.name))
         return self.Config(**values)
+
+    def settings_for(self, dataset: str, ipc: int) -> Mapping[str, Any]:
+        """The paper's settings for ``(dataset, ipc)``; methods may add a documented fallback."""
+        return self.paper_settings.get((dataset, ipc), {})
 
     @abstractmethod
     def distill(

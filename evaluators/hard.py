@@ -24,6 +24,7 @@ from dcbench.evaluator import Evaluator, Progress, register_evaluator
 from dcbench.models import build_model
 from dcbench.protocol import Preset
 from dcbench.training import TrainRecipe, train_and_test
+from dcbench.zca import evaluation_test_split
 
 
 @register_evaluator("hard")
@@ -60,7 +61,8 @@ class HardLabelEvaluator(Evaluator):
             images, labels = data.train(device)
         else:
             images, labels = distilled.decoded()
-        test_images, test_labels = data.test(device)
+        # normalised, or ZCA-whitened for sets distilled in ZCA space (MTT, spec §3.10.1)
+        test_images, test_labels = evaluation_test_split(distilled, data, device)
         recipe = self.recipe(distilled, budget)
         build = partial(
             build_model, model_name, info.channels, info.num_classes, (info.height, info.width)

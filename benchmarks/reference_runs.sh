@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The reference runs behind leaderboards/ and the issue notes. Each writes its own store under
+# leaderboards/runs/; rerunning resumes (finished records are skipped). CPU-sized: the
+# iteration counts are overridden where a preset's count does not fit a 2-core machine, and the
+# override is part of each record's config.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=leaderboards/runs
+
+# Issue 2: random on Fashion-MNIST with the reference protocol (ConvNet, DSA, 300 epochs, 5 seeds)
+dcbench run --methods random --datasets fashionmnist --ipc 1,10 --preset fast \
+  --store $runs/fashionmnist-fast --no-progress
+
+# Issues 4 and 5: every hard-label method on digits, fast preset, 5 evaluation seeds. IDM/BACON run
+# 200 iterations (5% of 4000) instead of fast's 1000: ~1 s per iteration each on this machine.
+dcbench run --methods random,herding,kcenter,dm,idm,bacon --datasets digits --ipc 1,10 \
+  --preset fast --set idm.iterations=4000 --set bacon.iterations=4000 \
+  --store $runs/digits-fast --no-progress
