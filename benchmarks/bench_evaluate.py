@@ -60,6 +60,7 @@ def main() -> None:
     recipe = TrainRecipe(epochs=args.epochs)
     seeds = [eval_seed(args.dataset, "hard", args.model, s) for s in range(args.seeds)]
     test_x, test_y = data.test(device)
+    test_s: float | None = None
     for ipc in [int(i) for i in args.ipc.split(",")]:
         idx = sample_per_class(data, ipc, torch.Generator().manual_seed(0))
         x = data.normalize(data.train_images[idx], device)
@@ -74,17 +75,18 @@ def main() -> None:
             _sync(device)
             return time.perf_counter() - t, models
 
-        loop_times, ens_times, test_times = [], [], []
+        loop_times, ens_times = [], []
         for _ in range(args.repeats):
             t_ens, _ = timed_training(True)
             ens_times.append(t_ens)
             t_loop, models = timed_training(False)
             loop_times.append(t_loop)
+        if test_s is None:  # the test pass is the same work for every IPC and engine: time it once
             t = time.perf_counter()
             for m in models:
                 test_accuracy(m, test_x, test_y, device)
             _sync(device)
-            test_times.append(time.perf_counter() - t)
+            test_s = time.perf_counter() - t
         loop_s, ens_s = statistics.median(loop_times), statistics.median(ens_times)
         result = {
             "bench": "evaluate",
@@ -99,7 +101,7 @@ def main() -> None:
             "loop_seeds_per_s": round(args.seeds / loop_s, 4),
             "ensemble_seeds_per_s": round(args.seeds / ens_s, 4),
             "speedup": round(loop_s / ens_s, 3),
-            "test_s_all_seeds": round(statistics.median(test_times), 3),
+            "test_s_all_seeds": round(test_s, 3),
             "loop_train_s_all": [round(t, 3) for t in loop_times],
             "ensemble_train_s_all": [round(t, 3) for t in ens_times],
             "device": str(device),
