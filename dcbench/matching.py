@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,7 +40,8 @@ from dcbench.cache import ArtifactCache
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet
 from dcbench.errors import DcbenchError
-from dcbench.models import Classifier, ConvNet, build_model
+from dcbench.method import Method, Progress
+from dcbench.models import Classifier, build_model
 from dcbench.protocol import Preset, seed_hash
 from dcbench.training import TrainRecipe, init_model, test_accuracy, train_networks
 
@@ -71,9 +72,10 @@ def model_builder(
     return build
 
 
-#: Target size of one chunk's largest activation in a gradient-free CPU forward: a chunk of images
-#: whose activations stay in cache runs ~2× faster than one large batch, whose normalisation,
-#: ReLU and pooling passes go to DRAM (benchmarks/results/distill.md).
+#: Target size of the largest activation of one chunk of images on the CPU. Chunks whose
+#: activations stay in cache run ~2× faster than one large batch, whose normalisation, ReLU and
+#: pooling passes go to DRAM and whose fresh large buffers cost page faults
+#: (benchmarks/results/distill.md).
 CPU_CHUNK_BYTES = 8 * 2**20
 
 
@@ -103,8 +105,7 @@ def embed(
     over one worker thread per intra-op thread (:func:`_parallel_chunks`). The result is the same
     as one pass for networks that treat images independently (instance/group/layer norm, no norm;
     up to floating-point rounding); networks with batch norm in train mode see their whole batch
-    at once (batch statistics). A ConvNet's gradient-free CPU pass uses
-    :func:`convnet_embed_cpu`, the same function with faster kernels.
+    at once (batch statistics).
     """
     if chunk_size is None:
         chunk_size = _cpu_chunk_size(net, images)
@@ -113,12 +114,9 @@ def embed(
             return net.embed(images)
         return torch.cat([net.embed(x) for x in images.split(chunk_size)])  # autograd joins them
     with torch.no_grad():
-        forward = net.embed
-        if isinstance(net, ConvNet) and images.device.type == "cpu" and FAST_CPU_CONVNET:
-            forward = partial(convnet_embed_cpu, net)
         if chunk_size >= images.shape[0]:
-            return forward(images)
-        return _parallel_chunks(forward, images, chunk_size)
+            return net.embed(images)
+        return _parallel_chunks(net.embed, images, chunk_size)
 
 
 def _parallel_chunks(
@@ -150,53 +148,8 @@ def _parallel_chunks(
     return torch.cat(parts)
 
 
-#: Use :func:`convnet_embed_cpu` for gradient-free CPU passes of a ConvNet.
-FAST_CPU_CONVNET = True
-
-
-def convnet_embed_cpu(net: ConvNet, images: torch.Tensor) -> torch.Tensor:
-    """``net.embed(images)`` without autograd on the CPU, with faster equivalents of slow kernels.
-
-    The same function up to floating-point rounding (tested against ``net.embed``):
-
-    - a convolution with ≤ 3 input channels (the first) runs with a channels-last weight and its
-      output is made contiguous again: oneDNN's kernel for NCHW weights with so few input channels
-      is several times slower;
-    - ReLU runs in place (no graph, and the input is an intermediate of this function);
-    - 2×2 stride-2 average pooling runs as a depthwise stride-2 convolution with weights 1/4:
-      PyTorch's NCHW average-pooling kernel took a quarter of a DM iteration.
-
-    Other modules run as they are.
-    """
-    x = images
-    for module in net.features:
-        if isinstance(module, nn.Conv2d) and module.in_channels <= 3 and module.groups == 1:
-            weight = torch.empty_like(module.weight, memory_format=torch.channels_last)
-            weight.copy_(module.weight)
-            x = module._conv_forward(x, weight, module.bias).contiguous()
-        elif isinstance(module, nn.ReLU) and x is not images:
-            x = torch.relu_(x)
-        elif isinstance(module, nn.AvgPool2d) and _is_plain_2x2_pool(module):
-            channels = x.shape[1]
-            quarter = x.new_full((channels, 1, 2, 2), 0.25)
-            x = torch.nn.functional.conv2d(x, quarter, stride=2, groups=channels)
-        else:
-            x = module(x)
-    return x.flatten(1)
-
-
-def _is_plain_2x2_pool(pool: nn.AvgPool2d) -> bool:
-    return (
-        pool.kernel_size in (2, (2, 2))
-        and pool.stride in (2, (2, 2))
-        and pool.padding in (0, (0, 0))
-        and not pool.ceil_mode
-        and pool.divisor_override is None
-    )
-
-
 def _cpu_chunk_size(net: nn.Module, images: torch.Tensor) -> int:
-    """Images per chunk of a gradient-free CPU pass (all of them on other devices, or with BN)."""
+    """Images per chunk on the CPU (all of them on other devices, or batch norm in training)."""
     n = images.shape[0]
     if images.device.type != "cpu" or images.dim() != 4:
         return n
@@ -461,3 +414,27 @@ def coreset(
     images = data.normalize(data.train_images[idx])
     meta = {"indices": idx.tolist(), "feature_network": info}
     return DistilledSet(images, data.train_labels[idx].clone(), meta=meta)
+
+
+class CoresetMethod(Method):
+    """A real-image selection on the feature network: subclasses set ``select`` (features, n →
+    indices) and register themselves."""
+
+    Config = CoresetConfig
+    select: ClassVar[Callable[[torch.Tensor, int], torch.Tensor]]
+
+    def distill(
+        self,
+        data: RealData,
+        ipc: int,
+        config: CoresetConfig,
+        *,
+        seed: int,
+        device: torch.device,
+        budget: Preset,
+        progress: Progress | None = None,
+        cache: ArtifactCache | None = None,
+    ) -> DistilledSet:
+        return coreset(
+            data, ipc, config, type(self).select, budget=budget, device=device, cache=cache
+        )

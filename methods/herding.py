@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from dcbench.cache import ArtifactCache
-from dcbench.data import RealData
-from dcbench.distilled import DistilledSet
-from dcbench.matching import CoresetConfig, coreset
-from dcbench.method import Method, Progress, register_method
-from dcbench.protocol import Preset
+from dcbench.matching import CoresetMethod
+from dcbench.method import register_method
 
 
 def herding_select(features: torch.Tensor, n: int) -> torch.Tensor:
@@ -55,21 +51,7 @@ def herding_select(features: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @register_method("herding")
-class Herding(Method):
+class Herding(CoresetMethod):
     """Herding selection of real images per class on a trained ConvNet's features."""
 
-    Config = CoresetConfig
-
-    def distill(
-        self,
-        data: RealData,
-        ipc: int,
-        config: CoresetConfig,
-        *,
-        seed: int,
-        device: torch.device,
-        budget: Preset,
-        progress: Progress | None = None,
-        cache: ArtifactCache | None = None,
-    ) -> DistilledSet:
-        return coreset(data, ipc, config, herding_select, budget=budget, device=device, cache=cache)
+    select = staticmethod(herding_select)

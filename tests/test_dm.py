@@ -14,16 +14,14 @@ from dcbench.matching import (
     ClassBatchSampler,
     class_labels,
     class_means,
-    convnet_embed_cpu,
     embed,
     mean_matching_loss,
     random_network,
     siamese_augment,
 )
 from dcbench.method import METHODS
-from dcbench.models import ConvNet, build_model
+from dcbench.models import ConvNet
 from dcbench.protocol import PRESETS
-from dcbench.training import init_model
 from methods.dm import DMConfig, dm_loss, dm_objective
 
 CPU = torch.device("cpu")
@@ -122,16 +120,6 @@ def test_chunked_embedding_equals_one_pass(threads):
     (grad_chunks,) = torch.autograd.grad(embed(net, xg, chunk_size=4).square().sum(), xg)
     assert torch.allclose(grad_chunks, grad_whole, atol=1e-6)
     assert torch.get_num_threads() == threads
-
-
-@pytest.mark.parametrize("model", ["convnet", "convnet-bn", "convnet-ln", "convnet-nn"])
-@pytest.mark.parametrize("shape", [(1, 12, 12), (3, 8, 8)])
-def test_fast_cpu_convnet_path_is_the_convnet(model, shape):
-    net = init_model(partial(build_model, model, shape[0], 3, shape[1:], width=8), 0).eval()
-    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert torch.allclose(convnet_embed_cpu(net, x), net.embed(x), atol=1e-6)
-    assert torch.equal(x, torch.randn(6, *shape, generator=torch.Generator().manual_seed(1)))
 
 
 def test_siamese_augment_pairs_real_and_synthetic_images_of_a_class():
