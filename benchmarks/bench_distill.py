@@ -44,11 +44,9 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -57,7 +55,7 @@ import dcbench
 import methods  # noqa: F401  (registers the built-in methods)
 from dcbench.augment import DSA
 from dcbench.cache import ArtifactCache
-from dcbench.cost import CostMeter
+from dcbench.cost import CostMeter, cpu_name
 from dcbench.data import RealData, load_dataset
 from dcbench.matching import model_builder, random_network
 from dcbench.method import METHODS, config_dict, parse_overrides
@@ -66,16 +64,6 @@ from dcbench.sampling import sample_per_class
 from dcbench.training import init_model
 
 WARMUP = 2
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _sync(device: torch.device) -> None:

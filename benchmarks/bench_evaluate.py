@@ -12,31 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
 import dcbench
 from dcbench.augment import DSA
+from dcbench.cost import cpu_name
 from dcbench.data import load_dataset
 from dcbench.models import build_model
 from dcbench.protocol import eval_seed
 from dcbench.sampling import sample_per_class
 from dcbench.training import TrainRecipe, test_accuracy, train_networks
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

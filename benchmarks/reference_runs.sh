@@ -16,3 +16,7 @@ dcbench run --methods random --datasets fashionmnist --ipc 1,10 --preset fast \
 dcbench run --methods random,herding,kcenter,dm,idm,bacon --datasets digits --ipc 1,10 \
   --preset fast --set idm.iterations=4000 --set bacon.iterations=4000 \
   --store $runs/digits-fast --no-progress
+
+# Issue 4: DM on Fashion-MNIST, 100 iterations (fast's 5% of 2000), 2 evaluation seeds (CPU budget)
+dcbench run --methods dm --datasets fashionmnist --ipc 1,10 --preset fast --set dm.iterations=2000 \
+  --eval-seeds 0-1 --store $runs/fashionmnist-dm --no-progress

@@ -7,6 +7,7 @@ import platform
 import resource
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,9 +75,20 @@ class CostMeter:
         return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What produced a number: versions, device and machine."""
-    name = "cpu"
+    name = cpu_name()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     return {
