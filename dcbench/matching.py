@@ -292,6 +292,7 @@ def feature_network(
     budget: Preset,
     device: torch.device,
     cache: ArtifactCache | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """A network trained on the whole train split with the standard recipe, cached.
 
@@ -299,7 +300,7 @@ def feature_network(
     every batch, lr ×0.1 at the half) for ``budget.full_epochs`` epochs, i.e. what the ``full``
     row trains. Cached as ``coreset-net`` under (dataset, model, budget, seed), so herding,
     k-center and every IPC share one network. Returns the network (eval mode, frozen) and the
-    cache info (its test accuracy and training time).
+    cache info (its test accuracy and training time). ``progress`` follows the training passes.
     """
     recipe = TrainRecipe(epochs=budget.full_epochs)
     seed = seed_hash(data.info.name, model_spec, "coreset-net", net_seed)
@@ -318,8 +319,9 @@ def feature_network(
         log.info("training the coreset network for %s (%d epochs)", data.info.name, recipe.epochs)
         images, labels = data.train(device)
         (net,) = train_networks(
-            build, images, labels, [seed], recipe, augment=augment, device=device
-        )
+            build, images, labels, [seed], recipe, augment=augment, device=device,
+            progress=progress,
+        )  # fmt: skip
         del images
         test_x, test_y = data.test(device)
         accuracy = test_accuracy(net, test_x, test_y, device)
@@ -398,6 +400,7 @@ def coreset(
     budget: Preset,
     device: torch.device,
     cache: ArtifactCache | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DistilledSet:
     """The real images ``select`` picks per class on the feature network's embeddings.
 
@@ -408,8 +411,9 @@ def coreset(
     build = model_builder(data, config.model, width=config.width, depth=config.depth)
     spec = {"name": config.model, "width": config.width, "depth": config.depth}
     net, info = feature_network(
-        data, build, spec, net_seed=config.net_seed, budget=budget, device=device, cache=cache
-    )
+        data, build, spec, net_seed=config.net_seed, budget=budget, device=device, cache=cache,
+        progress=progress,
+    )  # fmt: skip
     idx = select_per_class(net, data, ipc, select, device)
     images = data.normalize(data.train_images[idx])
     meta = {"indices": idx.tolist(), "feature_network": info}
@@ -436,5 +440,6 @@ class CoresetMethod(Method):
         cache: ArtifactCache | None = None,
     ) -> DistilledSet:
         return coreset(
-            data, ipc, config, type(self).select, budget=budget, device=device, cache=cache
-        )
+            data, ipc, config, type(self).select, budget=budget, device=device, cache=cache,
+            progress=progress,
+        )  # fmt: skip
