@@ -53,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dcbench
 import methods  # noqa: F401  (registers the built-in methods)
+from dcbench.allocator import retain_freed_memory
 from dcbench.augment import DSA
 from dcbench.cache import ArtifactCache
 from dcbench.cost import CostMeter, cpu_name
@@ -219,7 +220,12 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", default=None, help="append the JSON line to this file")
     ap.add_argument("--cache", default=None, help="artifact cache folder kept between runs")
+    ap.add_argument(
+        "--system-malloc", action="store_true",
+        help="leave glibc malloc as it is (default: retain freed memory, as the CLI does)",
+    )  # fmt: skip
     args = ap.parse_args()
+    malloc = "system" if args.system_malloc else "retain" if retain_freed_memory() else "system"
     if args.iters <= WARMUP:
         ap.error(f"--iters must exceed the {WARMUP} warm-up iterations")
     if args.variant == "reference" and args.method not in VARIANTS:
@@ -288,6 +294,7 @@ def main() -> None:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
+        "malloc": malloc,
         "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "torch": torch.__version__,
         "dcbench": dcbench.__version__,

@@ -19,6 +19,7 @@ from functools import partial
 import torch
 
 import dcbench
+from dcbench.allocator import retain_freed_memory
 from dcbench.augment import DSA
 from dcbench.cost import cpu_name
 from dcbench.data import load_dataset
@@ -38,7 +39,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc malloc as it is")
     args = ap.parse_args()
+    if not args.system_malloc:
+        retain_freed_memory()
 
     device = torch.device(args.device)
     data = load_dataset(args.dataset)

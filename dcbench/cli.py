@@ -11,6 +11,7 @@ import click
 from tabulate import tabulate
 
 import dcbench
+from dcbench.allocator import retain_freed_memory
 from dcbench.errors import DcbenchError
 
 DEFAULT_STORE = "dcbench-store"
@@ -56,6 +57,7 @@ class _Cli(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log library messages.")
 def main(verbose: bool) -> None:
     """dcbench: distil, evaluate and rank dataset-distillation methods."""
+    retain_freed_memory()  # reuse freed activation memory (dcbench/allocator.py)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

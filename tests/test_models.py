@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from dcbench.errors import DcbenchError
-from dcbench.models import MODELS, ConvNet, build_model, default_convnet_depth
+from dcbench.models import MODELS, ConvNet, avg_pool_2x2, build_model, default_convnet_depth
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)]
 
@@ -21,6 +22,11 @@ EMBED_DIMS = {
     "vgg11": {8: 512, 28: 512, 32: 512, 64: 2048},
     "alexnet": {8: 192, 28: 3072, 32: 3072, 64: 12288},
     "mlp": {8: 128, 28: 128, 32: 128, 64: 128},
+    # dcbench/backbones.py (EDC's observers)
+    "mobilenetv2": {8: 1280, 28: 1280, 32: 1280, 64: 1280},
+    "wrn": {8: 128, 28: 128, 32: 128, 64: 128},
+    "shufflenetv2": {8: 1024, 28: 1024, 32: 1024, 64: 1024},
+    "resnet8": {8: 64, 28: 64, 32: 64, 64: 64},
 }
 
 # parameter counts at 3×32×32, 10 classes (spec mtt_and_benchmarks.md §4)
@@ -135,10 +141,46 @@ def test_convnet_class_options(options: dict) -> None:
 
 
 @pytest.mark.parametrize("name", BUFFER_FREE)
-def test_buffer_free_and_not_in_place(name: str) -> None:
-    model = build_model(name, 3, 10, (32, 32))
-    assert not list(model.buffers())
-    assert not any(getattr(m, "inplace", False) for m in model.modules())
+def test_buffer_free(name: str) -> None:
+    """The evaluator's vmap ensemble needs models without buffers (batch statistics)."""
+    assert not list(build_model(name, 3, 10, (32, 32)).buffers())
+
+
+@pytest.mark.parametrize("name", ["convnet", "convnet-bn", "convnet-ln", "convnet-nn"])
+def test_in_place_activation_changes_nothing(name: str) -> None:
+    """The ConvNet's in-place ReLU gives the out-of-place outputs and gradients, also second
+    order (MTT differentiates through student steps)."""
+    torch.manual_seed(0)
+    model = build_model(name, 3, 10, (16, 16), width=8)
+    reference = copy.deepcopy(model)
+    for m in reference.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    assert any(getattr(m, "inplace", False) for m in model.modules())
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    results = []
+    for net in (model, reference):
+        loss = net(x).square().sum()
+        params = list(net.parameters())
+        grads = torch.autograd.grad(loss, [x, *params], create_graph=True)
+        second = torch.autograd.grad(grads[1].square().sum(), x)
+        results.append([t.detach() for t in (*grads, *second)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 4, 6, 10), (1, 2, 5, 7), (3, 2, 2, 2)])
+def test_avg_pool_2x2_matches_aten(shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = avg_pool_2x2(x)
+    expected = F.avg_pool2d(x, 2, 2)
+    torch.testing.assert_close(y, expected)
+    g = torch.randn_like(expected)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (ex,) = torch.autograd.grad(expected, x, g)
+    torch.testing.assert_close(gx, ex)
+    channels_last = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(avg_pool_2x2(channels_last), expected.detach())
 
 
 def test_build_model_errors() -> None:
