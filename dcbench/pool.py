@@ -70,8 +70,6 @@ class NetworkPool:
         if len(self.members) == self.capacity:
             self.members.pop(0)
         net = init_model(self.build, seed_hash(self.seed, "pool", self.pushed)).to(self.device)
-        if self.device.type == "cpu":  # oneDNN trains channels-last ConvNets faster
-            net = net.to(memory_format=torch.channels_last)
         self.pushed += 1
         optimizer = torch.optim.SGD(
             net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
@@ -98,8 +96,6 @@ class NetworkPool:
             for _ in range(steps):
                 idx = torch.randperm(n, generator=generator)[:batch_size].to(self.device)
                 x = self.data.normalize(self.train_images[idx])
-                if self.device.type == "cpu":
-                    x = x.contiguous(memory_format=torch.channels_last)
                 y = self.train_labels[idx]
                 logits = net(x)
                 loss = F.cross_entropy(logits, y)

@@ -41,7 +41,7 @@ from dcbench.classwise_sgd import ClasswiseSGD
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet, decode_partition2x2
 from dcbench.errors import DcbenchError, DivergenceError
-from dcbench.matching import ClassBatchSampler, class_means, model_builder
+from dcbench.matching import ClassBatchSampler, class_means, embed, model_builder
 from dcbench.method import Method, Progress, register_method
 from dcbench.pool import NetworkPool
 from dcbench.protocol import Preset, seed_hash
@@ -77,7 +77,7 @@ class IDMConfig:
     model: str = "convnet"
     width: int | None = None
     depth: int | None = None
-    real_chunk: int = 1024  # images per real forward pass (memory only)
+    real_chunk: int = 1024  # real images per forward pass off the CPU (memory only)
 
 
 def _rows(eval_interval: int, ce_weight: float, batch_real: int, interval: int, steps: int):
@@ -254,8 +254,6 @@ class IDM(Method):
         decoded, decoded_labels = decode_partition2x2(turn, labels.to(turn.device))
         if draw is not None:
             decoded = dsa.apply(decoded, draw, decoded_labels)
-        if decoded.device.type == "cpu":
-            decoded = decoded.contiguous(memory_format=torch.channels_last)
         z = net.embed(decoded)
         mu_syn, _ = class_means(z, decoded_labels, num_classes)
         per_class = self.matching_loss(mu_syn, mu_real, std_real)
@@ -270,25 +268,21 @@ class IDM(Method):
 
     @torch.no_grad()
     def _real_statistics(self, net, sampler, dsa, draw, config, gen):
-        """Per-class mean (and unbiased std, for BACON) of the augmented real embeddings, in
-        chunks and without an autograd graph."""
+        """Per-class mean (and unbiased std, for BACON) of the augmented real embeddings, without
+        an autograd graph (:func:`dcbench.matching.embed`: cache-sized chunks on the CPU,
+        ``real_chunk`` images per pass elsewhere), accumulated in float64."""
         batch = sampler.sample(config.batch_real, gen)
         num_classes = sampler.num_classes
-        sums = sumsq = None
-        for start in range(0, batch.classes.numel(), config.real_chunk):
-            x = batch.images[start : start + config.real_chunk]
-            cls = batch.classes[start : start + config.real_chunk]
-            if draw is not None:
-                x = dsa.apply(x, draw, cls)
-            if x.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            z = net.embed(x).double()
-            if sums is None:
-                sums = z.new_zeros(num_classes, z.shape[1])
-                sumsq = z.new_zeros(num_classes, z.shape[1])
-            sums.index_add_(0, cls, z)
+        x = batch.images if draw is None else dsa.apply(batch.images, draw, batch.classes)
+        chunk = None if x.device.type == "cpu" else config.real_chunk
+        z = embed(net, x, requires_grad=False, chunk_size=chunk)
+        sums = z.new_zeros(num_classes, z.shape[1], dtype=torch.float64)
+        sumsq = torch.zeros_like(sums)
+        for part, cls in zip(z.split(config.real_chunk), batch.classes.split(config.real_chunk)):
+            part = part.double()
+            sums.index_add_(0, cls, part)
             if self.needs_real_std:
-                sumsq.index_add_(0, cls, z * z)
+                sumsq.index_add_(0, cls, part * part)
         counts = torch.bincount(batch.classes, minlength=num_classes).double()[:, None]
         mean = sums / counts
         std = None
