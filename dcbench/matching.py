@@ -293,16 +293,18 @@ def feature_network(
     device: torch.device,
     cache: ArtifactCache | None,
     progress: Callable[[int, int], None] | None = None,
+    epochs: int | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """A network trained on the whole train split with the standard recipe, cached.
 
     Recipe: the hard-label protocol's (SGD 0.01, momentum 0.9, weight decay 5e-4, batch 256, DSA on
-    every batch, lr ×0.1 at the half) for ``budget.full_epochs`` epochs, i.e. what the ``full``
-    row trains. Cached as ``coreset-net`` under (dataset, model, budget, seed), so herding,
-    k-center and every IPC share one network. Returns the network (eval mode, frozen) and the
-    cache info (its test accuracy and training time). ``progress`` follows the training passes.
+    every batch, lr ×0.1 at the half) for ``epochs`` epochs (default ``budget.full_epochs``, i.e.
+    what the ``full`` row trains). Cached as ``coreset-net`` under (dataset, model, recipe, preset,
+    seed), so herding, k-center and every IPC share one network. Returns the network (eval mode,
+    frozen) and the cache info (its test accuracy and training time). ``progress`` follows the
+    training passes.
     """
-    recipe = TrainRecipe(epochs=budget.full_epochs)
+    recipe = TrainRecipe(epochs=budget.full_epochs if epochs is None else epochs)
     seed = seed_hash(data.info.name, model_spec, "coreset-net", net_seed)
     augment = DSA()
     spec = {
@@ -389,6 +391,7 @@ class CoresetConfig:
     width: int | None = None  # model width (None: the model's default, 128 for the ConvNet)
     depth: int | None = None  # ConvNet depth (None: 3 up to 32 px, 4 at 64 px)
     net_seed: int = 0  # which trained network (shared by herding, k-center and every IPC)
+    epochs: int | None = None  # its training epochs (None: the preset's full_epochs)
 
 
 def coreset(
@@ -412,7 +415,7 @@ def coreset(
     spec = {"name": config.model, "width": config.width, "depth": config.depth}
     net, info = feature_network(
         data, build, spec, net_seed=config.net_seed, budget=budget, device=device, cache=cache,
-        progress=progress,
+        progress=progress, epochs=config.epochs,
     )  # fmt: skip
     idx = select_per_class(net, data, ipc, select, device)
     images = data.normalize(data.train_images[idx])

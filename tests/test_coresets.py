@@ -122,6 +122,20 @@ def test_feature_network_is_trained_once_and_shared(tiny, tmp_path, monkeypatch)
     assert len(calls) == 3 and len(list(tmp_path.glob("coreset-net-*.safetensors"))) == 2
 
 
+def test_feature_network_epochs_override(tiny, tmp_path):
+    """``epochs`` replaces the preset's full_epochs and keys its own cached network."""
+    smoke = PRESETS.get("smoke")
+    herding = METHODS.get("herding")()
+    default = herding.distill(tiny, 1, SMALL, seed=0, device=CPU, budget=smoke, cache=None)
+    assert default.meta["feature_network"]["epochs"] == smoke.full_epochs
+    longer = CoresetConfig(width=8, epochs=smoke.full_epochs + 2)
+    out = herding.distill(
+        tiny, 1, longer, seed=0, device=CPU, budget=smoke, cache=ArtifactCache(tmp_path)
+    )
+    assert out.meta["feature_network"]["epochs"] == smoke.full_epochs + 2
+    assert len(list(tmp_path.glob("coreset-net-*.safetensors"))) == 1
+
+
 def test_coresets_leave_the_global_rng_alone(tiny):
     state = torch.get_rng_state()
     METHODS.get("kcenter")().distill(
