@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from dcbench.cache import ArtifactCache
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet
 from dcbench.protocol import Preset
@@ -23,6 +24,9 @@ class Evaluator(ABC):
     seed's result depends only on its own seed) and returns one metrics dict per seed, with at least
     ``accuracy`` (final-epoch test accuracy as a fraction). No checkpoint or learning-rate selection
     on the test set. ``protocol_version`` is part of every record key: bump it when numbers change.
+    ``cache`` is the store's artifact cache (teachers, trained networks), None without a store.
+    ``label_kind`` ``soft`` marks a teacher-label protocol: the runner then also evaluates the
+    ``random`` control of every (dataset, IPC) with it.
     """
 
     name: ClassVar[str]
@@ -40,6 +44,7 @@ class Evaluator(ABC):
         device: torch.device,
         budget: Preset,
         progress: Progress | None = None,
+        cache: ArtifactCache | None = None,
     ) -> list[dict[str, Any]]:
         """Metrics per seed, in the order of ``seeds``."""
 

@@ -140,6 +140,8 @@ def render_html(report: Report, figures: Sequence[Any], out: Path) -> str:
     ]
     nav = [f'<li><a href="#{escape(tr.track.slug)}">{escape(tr.track.title)}</a></li>'
            for tr in report.tracks]  # fmt: skip
+    if report.score_tables:
+        nav.append('<li><a href="#scores">DD-Ranking scores</a></li>')
     grids = [f for f in figures if f.section == "images"]
     if grids:
         nav.append('<li><a href="#images">Distilled images</a></li>')
@@ -157,6 +159,12 @@ def render_html(report: Report, figures: Sequence[Any], out: Path) -> str:
         if mine:
             parts.append("<h3>Figures</h3>")
             parts += [figure_html(f, folder) for f in mine]
+        parts.append("</section>")
+    if report.score_tables:
+        parts.append('<section id="scores"><h2>DD-Ranking scores</h2>')
+        for table in report.score_tables:
+            number += 1
+            parts.append(table_html(table, number))
         parts.append("</section>")
     if grids:
         parts.append('<section id="images"><h2>Distilled images</h2>')

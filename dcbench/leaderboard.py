@@ -218,6 +218,43 @@ def context(records: pd.DataFrame, track: Track) -> str:
     )
 
 
+def teacher_note(records: pd.DataFrame, track: Track) -> str:
+    """For a soft-label track: the teachers, their parameters (stored beside every set), their
+    ensemble's test accuracy and the control; empty for other tracks."""
+    ok = ok_records(records)
+    if track.label_kind != "soft" or "teacher_names" not in ok or ok["teacher_names"].isna().all():
+        return ""
+    parts = []
+    for dataset in dataset_order(ok["dataset"].unique()):
+        here = ok[ok["dataset"] == dataset]
+        sets = sorted({tuple(n) for n in here["teacher_names"].dropna()})
+        names = " | ".join(", ".join(s) for s in sets)
+        params = sorted({int(p) for p in here["teacher_params"].dropna()})
+        acc = here["teacher_accuracy"].dropna() if "teacher_accuracy" in here else []
+        text = (
+            f"{dataset}: {len(sets[0]) if len(sets) == 1 else '?'} teacher(s) {names}, "
+            f"{' / '.join(f'{p:,}' for p in params)} parameters "
+            f"({' / '.join(fmt_bytes(4 * p) for p in params)} fp32 stored beside every set)"
+        )
+        if len(acc):
+            text += f", ensemble test accuracy {100 * float(acc.mean()):.2f}%"
+        parts.append(text)
+    from dcbench.evaluator import EVALUATORS
+
+    augmented = getattr(EVALUATORS.get(track.evaluator), "augment", True)
+    batch = (
+        "the augmented, CutMixed batch"
+        if augmented
+        else "the stored images (no student augmentation: no RandAugment, crop, flip or CutMix)"
+    )
+    return (
+        f"Soft labels: at every step the teachers' mean logits on {batch}; "
+        "the same teachers for every method. Teachers: " + "; ".join(parts) + ". The random row "
+        "is the control (a random real subset of the same IPC under the identical recipe); the "
+        "whole-train-split upper bound is the teachers' accuracy."
+    )
+
+
 # --- tables -------------------------------------------------------------------------------------
 
 
@@ -373,11 +410,9 @@ def leaderboard_table(
             f"Test accuracy (%) of {model} networks trained from scratch on each set: mean ± std "
             "(n) over the finished records of the cell (population std).",
             context(track.select(records[records["model"] == model]), track),
+            teacher_note(track.select(records[records["model"] == model]), track),
             _published_note(pub_datasets, dcb_datasets, track),
-            f"{', '.join(upper)}: the upper bound (the whole train split), shown in every IPC "
-            "column of its dataset and not ranked."
-            if upper
-            else "",
+            _upper_note(upper, track) if upper else "",
             f"Mean rank (1 = best) over the {len(complete)} column(s) where every ranked method "
             "has a number; other columns are not ranked. No accuracy is averaged over rows with "
             "missing cells.",
@@ -385,6 +420,18 @@ def leaderboard_table(
         if s
     )
     return Table(f"leaderboard-{track.slug}", f"Leaderboard ({model})", caption, pd.DataFrame(body))
+
+
+def _upper_note(upper: list[str], track: Track) -> str:
+    if track.label_kind == "soft":
+        return (
+            f"{', '.join(upper)}: not evaluated under a soft-label track (its upper bound is the "
+            "teachers' ensemble accuracy above)."
+        )
+    return (
+        f"{', '.join(upper)}: the upper bound (the whole train split), shown in every IPC column "
+        "of its dataset and not ranked."
+    )
 
 
 def _text(row: pd.Series | None, column: str) -> str:
@@ -401,6 +448,11 @@ def _published_note(pub: set[str], dcb: set[str], track: Track) -> str:
     )
     if dcb:
         text += " DC-BENCH: DC-BENCH's re-evaluation under its own protocol, not a paper number."
+    if track.label_kind == "soft":
+        text += (
+            " Published soft-label numbers come from each paper's own teachers, student recipe "
+            "and epochs (EDC: 8 observers, 1000 epochs, best-of-N logging), not this track's."
+        )
     return text
 
 
@@ -494,7 +546,41 @@ def cost_rows(
     frame = pd.DataFrame(rows, columns=COST_COLUMNS)
     frame["ipc"] = frame["ipc"].astype("Int64")
     frame["stored_bytes"] = frame["stored_bytes"].astype(float).round().astype("Int64")
+    if track.label_kind == "soft":
+        frame = _soft_costs(frame, ok, records, track)
     return _sorted_cells(frame)
+
+
+SOFT_COST_COLUMNS = ["teacher_params", "teacher_bytes", "teacher_train_seconds",
+                     "hard_eval_seconds_per_network"]  # fmt: skip
+
+
+def _soft_costs(
+    frame: pd.DataFrame, ok: pd.DataFrame, records: pd.DataFrame, track: Track
+) -> pd.DataFrame:
+    """A soft track's extra cost columns: the teachers (parameters, fp32 bytes, training seconds,
+    paid once per dataset and reused) and the hard-label evaluation time per network of the same
+    cell (evaluator ``hard``, same preset and protocol, newest version), for comparison."""
+    hard = ok_records(records)
+    hard = hard[(hard["evaluator"] == "hard") & (hard["preset"] == track.preset)]
+    hard = hard[(hard["protocol"] == track.protocol).fillna(False).astype(bool)]
+    if len(hard):
+        hard = hard[hard["protocol_version"] == hard["protocol_version"].max()]
+    extra = {c: [] for c in SOFT_COST_COLUMNS}
+    for row in frame.itertuples(index=False):
+        part = ok[(ok["method"] == row.method) & (ok["dataset"] == row.dataset)]
+        part = part[(part["ipc"] == row.ipc).fillna(False).astype(bool)]
+        same = hard[(hard["method"] == row.method) & (hard["dataset"] == row.dataset)
+                    & (hard["model"] == row.model)]  # fmt: skip
+        same = same[(same["ipc"] == row.ipc).fillna(False).astype(bool)]
+        extra["teacher_params"].append(_max(part, "teacher_params"))
+        extra["teacher_bytes"].append(_max(part, "teacher_bytes"))
+        extra["teacher_train_seconds"].append(_max(part, "teacher_train_seconds"))
+        extra["hard_eval_seconds_per_network"].append(_mean(same, "eval_seconds"))
+    frame = frame.assign(**extra)
+    for column in ("teacher_params", "teacher_bytes"):
+        frame[column] = frame[column].astype(float).round().astype("Int64")
+    return frame
 
 
 def _mean(frame: pd.DataFrame, column: str) -> float:
@@ -538,8 +624,31 @@ def cost_table(records: pd.DataFrame, track: Track, rows: pd.DataFrame) -> Table
     body["device"] = list(rows["device"])
     body["stored"] = [fmt_bytes(b) for b in rows["stored_bytes"]]
     body["compression"] = [MISSING if pd.isna(c) else f"{c:.3g}×" for c in rows["compression"]]
+    soft = "teacher_params" in rows
+    if soft:
+        body["teachers (parameters, fp32)"] = [
+            MISSING if pd.isna(p) else f"{int(p):,} ({fmt_bytes(b)})"
+            for p, b in zip(rows["teacher_params"], rows["teacher_bytes"])
+        ]
+        body["teacher training (once)"] = [fmt_seconds(s) for s in rows["teacher_train_seconds"]]
+        body["hard eval time / network"] = [
+            fmt_seconds(s) for s in rows["hard_eval_seconds_per_network"]
+        ]
+        body["soft ÷ hard eval"] = [
+            MISSING if pd.isna(a) or pd.isna(b) or not b else f"{a / b:.3g}×"
+            for a, b in zip(rows["eval_seconds_per_network"], rows["hard_eval_seconds_per_network"])
+        ]
     model = rows["model"].iloc[0] if len(rows) else REFERENCE_MODEL
-    caption = (
+    soft_text = (
+        "What the soft track costs beyond the hard one: the teachers' parameters (fp32 bytes, "
+        "an evaluation-time asset stored beside every set), their training time (paid once per "
+        "dataset and preset, then cached and shared by every method), and the soft evaluation "
+        "time per network against the hard-label evaluation of the same set (evaluator hard, "
+        "same preset). "
+        if soft
+        else ""
+    )
+    caption = soft_text + (
         "Cost of each distilled set: distillation wall time (mean over distillation seeds), "
         f"evaluation wall time per trained {model} network, peak resident memory (MB) of the "
         "distillation and of the evaluation, the device, the stored bytes of the set (images, "
@@ -553,3 +662,70 @@ def cost_table(records: pd.DataFrame, track: Track, rows: pd.DataFrame) -> Table
 
 def _mb(value: float) -> str:
     return MISSING if pd.isna(value) else f"{value:.0f} MB"
+
+
+# --- DD-Ranking scores --------------------------------------------------------------------------
+
+
+def fmt_fraction(mean: float, std: float, n: int) -> str:
+    return MISSING if pd.isna(mean) or not n else f"{mean:.3f} ± {std:.3f} ({n})"
+
+
+def score_tables(records: pd.DataFrame, scores: pd.DataFrame) -> list[Table]:
+    """One DD-Ranking score table per (preset, protocol) of ``scores`` (:func:`dcbench.scores.
+    score_frame`): method × dataset × IPC rows (every model), HLR, IOR, LRS and ARS as fractions."""
+    from dcbench.protocol import PRESETS
+    from dcbench.scores import HARD, NOAUG, SOFT
+
+    tables = []
+    presets = PRESETS.names()
+    groups = sorted(
+        scores.groupby(["preset", "protocol"], dropna=False),
+        key=lambda g: (presets.index(g[0][0]) if g[0][0] in presets else len(presets), g[0][0],
+                       -1 if pd.isna(g[0][1]) else g[0][1]),
+    )  # fmt: skip
+    for (preset, protocol), part in groups:
+        part = _sorted_cells(part)
+        body: dict[str, list[str]] = {
+            "method": list(part["method"]),
+            "dataset": list(part["dataset"]),
+            "ipc": [ipc_text(i) for i in part["ipc"]],
+            "model": list(part["model"]),
+        }
+        for metric, label in (("hlr", "HLR ↓"), ("ior", "IOR ↑"), ("lrs", "LRS ↑"),
+                              ("ars", "ARS ↑")):  # fmt: skip
+            body[label] = [
+                fmt_fraction(m, s, n)
+                for m, s, n in zip(
+                    part[f"{metric}_mean"], part[f"{metric}_std"], part[f"{metric}_n"]
+                )
+            ]
+        body["paired"] = ["yes" if p else "no" for p in part["paired"]]
+        recs = ok_records(records)
+        recs = recs[(recs["preset"] == preset) & (recs["evaluator"].isin([HARD, SOFT, NOAUG]))]
+        recs = recs[(recs["protocol"] == protocol).fillna(False).astype(bool)]
+        versions = ", ".join(
+            f"{e} v{_v(int(recs.loc[recs['evaluator'] == e, 'protocol_version'].max()))}"
+            for e in (HARD, SOFT, NOAUG)
+            if (recs["evaluator"] == e).any()
+        )
+        dcb = sorted({str(v) for v in recs["dcbench_version"].dropna()}) or ["unknown"]
+        caption = (
+            "DD-Ranking's scores on accuracies as fractions (not percent, DD-Ranking v0.2.0's "
+            "defect): HLR = Acc(full, hard) − Acc(set, hard); IOR = Acc(set, soft) − "
+            "Acc(random, soft), the same teachers and recipe on a random real subset of the same "
+            "IPC; LRS = (e^α − e^−1)/(e − e^−1) with α = 0.5·IOR − 0.5·HLR; ARS the same map of "
+            "β = 0.5·(Acc(set, soft) − Acc(random, soft)) + 0.5·(Acc(set, soft-noaug) − "
+            "Acc(random, soft-noaug)). LRS and ARS lie in [0, 1]; 0.269 means no gain over the "
+            "references. Mean ± population std (n) over the evaluation seeds every arm shares "
+            "(each seed starts every arm from the same network; distillation seeds averaged); "
+            "paired no: the arms share no seed and their means are used. — where an arm has no "
+            f"record. Preset {preset}, protocol v{_v(None if pd.isna(protocol) else int(protocol))}"
+            f" (evaluators {versions or 'none'}), seeds: distillation "
+            f"{seeds_text(recs['distill_seed'])} × evaluation {seeds_text(recs['eval_seed'])}, "
+            f"dcbench {', '.join(dcb)}."
+        )
+        name = f"scores-{preset}-p{_v(None if pd.isna(protocol) else int(protocol))}"
+        tables.append(Table(name, f"DD-Ranking scores · preset {preset}", caption,
+                            pd.DataFrame(body)))  # fmt: skip
+    return tables

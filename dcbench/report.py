@@ -34,6 +34,7 @@ from dcbench.leaderboard import (
     main_model,
     ok_records,
     records_frame,
+    score_tables,
     seeds_text,
     tracks,
     train_split_bytes,
@@ -140,6 +141,8 @@ class Report:
     published: pd.DataFrame | None
     artifacts: dict[str, Path]
     figures: list[Any] = field(default_factory=list)  # figures.FigureSpec, planned not drawn
+    scores: pd.DataFrame = field(default_factory=pd.DataFrame)  # tidy DD-Ranking scores
+    score_tables: list[Table] = field(default_factory=list)  # one per (preset, protocol)
 
 
 def build_report(
@@ -152,6 +155,7 @@ def build_report(
     """Tables (and the figure plan) of the loaded records, optionally restricted to some presets
     and datasets. No finished record left → a one-line error naming what the store holds."""
     from dcbench.figures import plan_figures
+    from dcbench.scores import score_frame
 
     frame = records_frame(loaded.records)
     where = ", ".join(loaded.sources)
@@ -202,6 +206,8 @@ def build_report(
             )
         )
     report = Report(loaded.sources, frame, problems, reports, published, loaded.artifacts)
+    report.scores = score_frame(frame)
+    report.score_tables = score_tables(frame, report.scores)
     report.figures = plan_figures(report)
     return report
 
@@ -258,6 +264,12 @@ def render_markdown(report: Report, figures: Sequence[Any] = ()) -> str:
         mine = [f for f in figures if f.section == tr.track.slug]
         if mine:
             lines += ["### Figures", ""] + _figure_lines(mine)
+    if report.score_tables:
+        lines += ["## DD-Ranking scores", ""]
+        for table in report.score_tables:
+            number += 1
+            lines += [f"### {table.title}", "", f"**Table {number}.** {table.caption}", ""]
+            lines += [markdown_table(table), ""]
     grids = [f for f in figures if f.section == "images"]
     if grids:
         lines += ["## Distilled images", ""] + _figure_lines(grids, titled=True)
@@ -305,9 +317,13 @@ def _with_track(report: Report, attribute: str) -> pd.DataFrame:
 
 
 def write_csv(report: Report, out: Path) -> list[Path]:
-    """``accuracy.csv`` and ``cost.csv`` under ``out``."""
+    """``accuracy.csv``, ``cost.csv`` and, when the store has soft-label records, ``scores.csv``
+    (DD-Ranking's scores as fractions) under ``out``."""
     written = []
-    for name, frame in (("accuracy.csv", accuracy_csv(report)), ("cost.csv", cost_csv(report))):
+    tables = [("accuracy.csv", accuracy_csv(report)), ("cost.csv", cost_csv(report))]
+    if len(report.scores):
+        tables.append(("scores.csv", report.scores))
+    for name, frame in tables:
         path = out / name
         frame.to_csv(path, index=False, float_format="%.4f", lineterminator="\n")
         written.append(path)

@@ -131,11 +131,26 @@ def plan(spec: RunSpec, store: ResultStore) -> tuple[list[Job], Preset, dict[str
     if not eval_seeds or not spec.distill_seeds:
         raise DcbenchError("at least one distillation seed and one evaluation seed are needed")
     per_method = _split_overrides(spec.overrides, methods)
+    # Every soft-label track needs its control: the random real subset of the same IPC under the
+    # identical recipe (spec edc.md §8.4, DD-Ranking's IOR). Planned once, soft evaluators only
+    # unless the user listed ``random`` too.
+    soft = [name for name, cls in evaluators.items() if cls.label_kind == "soft"]
+    wanted = {name: list(evaluators) for name in methods}
+    if soft and "random" not in methods:
+        methods["random"] = METHODS.get("random")()
+        per_method["random"] = {}
+        wanted["random"] = soft
     datasets = {
         name: load_dataset(name, spec.data_root, download=spec.download) for name in spec.datasets
     }
     jobs = []
     for method in methods.values():
+        # the upper bound (the whole train split) is not a distilled set: the soft track's upper
+        # bound is the teachers' own accuracy, recorded with every soft record
+        names = [
+            n for n in wanted[method.name]
+            if not (method.ipc_independent and evaluators[n].label_kind == "soft")
+        ]  # fmt: skip
         for dname, data in datasets.items():
             if dname in method.unsupported_datasets:
                 raise DcbenchError(f"method {method.name!r} does not support dataset {dname!r}")
@@ -154,7 +169,7 @@ def plan(spec: RunSpec, store: ResultStore) -> tuple[list[Job], Preset, dict[str
                         "protocol": PROTOCOL_VERSION, "version": dcbench.__version__,
                     })  # fmt: skip
                     evals = []
-                    for ev_name, ev_cls in evaluators.items():
+                    for ev_name in names:
                         for model in spec.models:
                             keys = [
                                 content_key(
@@ -162,7 +177,7 @@ def plan(spec: RunSpec, store: ResultStore) -> tuple[list[Job], Preset, dict[str
                                         "kind": "record",
                                         "artifact": akey,
                                         "evaluator": ev_name,
-                                        "evaluator_protocol": ev_cls.protocol_version,
+                                        "evaluator_protocol": evaluators[ev_name].protocol_version,
                                         "model": model,
                                         "eval_seed": s,
                                         "preset": preset.name,
@@ -171,7 +186,8 @@ def plan(spec: RunSpec, store: ResultStore) -> tuple[list[Job], Preset, dict[str
                                 for s in eval_seeds
                             ]
                             evals.append(EvalTask(ev_name, model, list(eval_seeds), keys))
-                    jobs.append(Job(method.name, dname, ipc, dseed, config, akey, evals))
+                    if evals:
+                        jobs.append(Job(method.name, dname, ipc, dseed, config, akey, evals))
     return jobs, preset, datasets
 
 
@@ -232,7 +248,7 @@ def _run_job(job, todo, preset, data, store, device, summary, progress) -> None:
             with CostMeter(device) as meter:
                 metrics = evaluator.evaluate(
                     distilled, data, task.model, seeds=derived, device=device, budget=preset,
-                    progress=tick,
+                    progress=tick, cache=store.cache,
                 )  # fmt: skip
         except Exception as exc:
             reason = _reason(exc)

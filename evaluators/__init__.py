@@ -1,3 +1,3 @@
 """Built-in evaluation protocols; importing this package registers them."""
 
-from evaluators import hard  # noqa: F401
+from evaluators import hard, soft  # noqa: F401

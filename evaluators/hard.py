@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from dcbench.augment import DSA
+from dcbench.cache import ArtifactCache
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet
 from dcbench.evaluator import Evaluator, Progress, register_evaluator
@@ -54,6 +55,7 @@ class HardLabelEvaluator(Evaluator):
         device: torch.device,
         budget: Preset,
         progress: Progress | None = None,
+        cache: ArtifactCache | None = None,  # unused: the hard protocol has no cached inputs
     ) -> list[dict[str, Any]]:
         info = data.info
         distilled.validate(info)

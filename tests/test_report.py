@@ -376,3 +376,81 @@ def test_folder_of_stores_and_duplicate_records(tmp_path):
     assert len(loaded.records) == 12 and len(loaded.artifacts) == 3
     frame = accuracy_csv(build_report(loaded, None))
     assert pd.Series(frame["n"]).eq(2).all()
+
+
+# --- the soft-label track and DD-Ranking scores -------------------------------------------------
+
+
+def _soft_records():
+    teachers = {"teacher_names": ["convnetbn-d3-w32", "resnet8-bn"], "teacher_params": 123456,
+                "teacher_bytes": 493824, "teacher_train_seconds": 12.5,
+                "teacher_accuracy": 0.95}  # fmt: skip
+    arms = {  # (method, evaluator): accuracies of evaluation seeds 0, 1; eval seconds
+        ("full", "hard", None): ((0.95, 0.93), 4.0),
+        ("random", "hard", 1): ((0.40, 0.42), 1.0),
+        ("dm", "hard", 1): ((0.60, 0.62), 1.0),
+        ("random", "soft", 1): ((0.70, 0.74), 6.0),
+        ("dm", "soft", 1): ((0.80, 0.78), 6.0),
+        ("random", "soft-noaug", 1): ((0.55, 0.51), 3.0),
+        ("dm", "soft-noaug", 1): ((0.50, 0.52), 3.0),
+    }
+    records = []
+    for (method, evaluator, ipc), (accs, seconds) in arms.items():
+        for seed, acc in enumerate(accs):
+            record = _record(f"{method}-{evaluator}-{seed}", method, ipc, acc, eval_seed=seed)
+            record["evaluator"] = evaluator
+            record["label_kind"] = "soft" if evaluator.startswith("soft") else "hard"
+            record["metrics"] = {
+                "accuracy": acc,
+                "eval_seconds": seconds,
+                **(teachers if evaluator.startswith("soft") else {}),
+            }
+            record["cost"] = {"distill_seconds": 2.0, "stored_bytes": 1000}
+            records.append(record)
+    return records
+
+
+def test_soft_track_scores_and_cost_are_reported(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    for record in _soft_records():
+        store.put(record)
+    loaded = load_stores([tmp_path / "store"])
+    loaded.sources = ["soft-store"]  # the golden file must not name the temporary folder
+    report = build_report(loaded, load_published(DEFAULT_PUBLISHED))
+    titles = [tr.track.title for tr in report.tracks]
+    assert titles[0].startswith("Hard-label track · evaluator hard")  # never pooled
+    assert any(t.startswith("Soft-label track · evaluator soft v1") for t in titles)
+    soft = next(tr for tr in report.tracks if tr.track.evaluator == "soft")
+    board = soft.leaderboard.frame.set_index("method")
+    assert board.loc["dm", "digits ipc1"] == "79.00 ± 1.00 (2)"
+    assert board.loc["full", "digits ipc1"] == "—"  # the teachers are the soft upper bound
+    caption = soft.leaderboard.caption
+    for part in (
+        "Preset smoke",
+        "protocol v1",
+        "convnetbn-d3-w32, resnet8-bn",
+        "123,456 parameters",
+        "494 kB",
+        "ensemble test accuracy 95.00%",
+        "control",
+    ):
+        assert part in caption, part
+    cost = soft.cost.frame.set_index("method")
+    assert cost.loc["dm", "teacher training (once)"] == "12.5 s"
+    assert cost.loc["dm", "hard eval time / network"] == "1 s"
+    assert cost.loc["dm", "soft ÷ hard eval"] == "6×"
+    assert "What the soft track costs" in soft.cost.caption
+    hard = report.tracks[0]
+    assert "soft ÷ hard eval" not in hard.cost.frame  # the hard track's table is unchanged
+    [scores] = report.score_tables
+    row = scores.frame.set_index("method").loc["dm"]
+    assert row["HLR ↓"] == "0.330 ± 0.020 (2)" and row["IOR ↑"] == "0.070 ± 0.030 (2)"
+    assert row["paired"] == "yes" and "fractions" in scores.caption
+    assert "soft v1" in scores.caption and "Preset smoke" in scores.caption
+    md = render_markdown(report)
+    assert "## DD-Ranking scores" in md and "LRS ↑" in md
+    _golden("soft-report.md", md)
+    written = write_report(report, tmp_path / "out", figures=False)
+    assert "scores.csv" in {p.name for p in written}
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert 'id="scores"' in page and "scores-smoke-p1" in page
