@@ -4,6 +4,5 @@ from methods import full, random  # noqa: F401  (isort: skip, the order is the r
 from methods import herding, kcenter  # noqa: F401  (isort: skip)
 from methods import dm  # noqa: F401  (isort: skip)
 from methods import idm, bacon  # noqa: F401  (isort: skip)
+from methods import mtt  # noqa: F401  (isort: skip)
 from methods import edc  # noqa: F401  (isort: skip)
-# MTT (methods/mtt.py) is not registered by default yet: with its fallback settings it diverges on
-# digits (issue 6 is open); `import methods.mtt` registers it for experiments.

@@ -17,7 +17,7 @@ from dcbench import trajectories
 from dcbench.augment import DSA
 from dcbench.cache import ArtifactCache
 from dcbench.cli import main as cli
-from dcbench.errors import DcbenchError
+from dcbench.errors import DcbenchError, DivergenceError
 from dcbench.matching import class_labels, model_builder
 from dcbench.method import METHODS
 from dcbench.models import ConvNet, build_model
@@ -29,6 +29,8 @@ from dcbench.zca import dataset_zca, evaluation_test_split, unit_pixels
 from evaluators.hard import LearnedLrHardLabelEvaluator
 from methods.mtt import (
     EXPERT_BUDGETS,
+    PAPER_SETTINGS,
+    TUNED_SETTINGS,
     MTTConfig,
     expert_budget,
     matching_gradients,
@@ -55,7 +57,7 @@ def _config(**changes) -> MTTConfig:
     """A width-8 student, 4 iterations of 3 steps, 2 experts × 3 epochs, gentle learning rates."""
     base = MTTConfig(
         width=8, iterations=4, syn_steps=3, expert_epochs=2, max_start_epoch=2,
-        lr_img=10.0, lr_lr=1e-6, num_experts=2, train_epochs=3,
+        lr_img=10.0, lr_lr=1e-7, num_experts=2, train_epochs=3,
     )  # fmt: skip
     return dataclasses.replace(base, **changes)
 
@@ -319,6 +321,44 @@ def test_paper_settings_and_fallback():
     # datasets without a row: distill.py's argparse defaults
     assert method.resolve_config("fashionmnist", 10) == MTTConfig()
     assert method.resolve_config("cifar10", 10, {"checkpoint_inner": "true"}).checkpoint_inner
+
+
+def test_tuned_settings_are_separate_and_nearest_ipc_is_used():
+    method = METHODS.get("mtt")()
+    assert not set(TUNED_SETTINGS) & set(PAPER_SETTINGS)
+    for (dataset, ipc), row in TUNED_SETTINGS.items():
+        config = method.resolve_config(dataset, ipc)
+        assert {k: getattr(config, k) for k in row} == row
+        assert config.expert_epochs == 2  # the author's guidance (spec §3.5)
+    digits = sorted(k for d, k in TUNED_SETTINGS if d == "digits")
+    assert digits, "digits must have tuned rows (MTT diverges there with the argparse defaults)"
+    far = method.resolve_config("digits", 1000)
+    assert far == method.resolve_config("digits", digits[-1])
+
+
+def test_blow_up_is_a_one_line_divergence_error(tiny):
+    with pytest.raises(DivergenceError, match=r"matching loss .* \(lower lr_img or lr_lr\)") as err:
+        _distill(tiny, lr_lr=1e-2, iterations=3)
+    assert "\n" not in str(err.value)
+
+
+def test_a_non_positive_learned_step_size_is_a_divergence_error(tiny, monkeypatch):
+    monkeypatch.setattr(torch.optim.SGD, "step", _send_lr_below_zero(torch.optim.SGD.step))
+    with pytest.raises(DivergenceError, match="step size ended at .* ≤ 0") as err:
+        _distill(tiny, iterations=2)
+    assert "\n" not in str(err.value)
+
+
+def _send_lr_below_zero(step):
+    def patched(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() == 0:  # α, the only scalar parameter
+                    p.data.fill_(-1e-3)
+        return out
+
+    return patched
 
 
 def test_expert_budget_and_start_bound():
