@@ -117,15 +117,22 @@ def _activation(kind: str) -> nn.Module:
 
 
 def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.avg_pool2d(x, 2, 2)`` (equal up to float rounding), faster on contiguous NCHW maps.
+    """``F.avg_pool2d(x, 2, 2)`` (equal up to float rounding), faster for gradient-free passes.
 
     ATen's CPU average pool for NCHW walks every output pixel's window separately; summing the
     row pairs and then the column pairs as two strided adds over the whole map measures ~7× faster
-    forward and ~1.1× faster forward + backward on ConvNet maps (benchmarks/results/distill.md).
-    Odd sizes, other layouts and non-CPU devices use ``F.avg_pool2d``.
+    forward on ConvNet maps (benchmarks/results/distill.md). With autograd ATen's pool is kept: its
+    backward (and MTT's double backward) is as fast and keeps a smaller graph. Odd sizes, other
+    layouts and non-CPU devices use ``F.avg_pool2d`` too.
     """
     n, c, h, w = x.shape
-    if x.device.type != "cpu" or h % 2 or w % 2 or not x.is_contiguous():
+    if (
+        x.device.type != "cpu"
+        or h % 2
+        or w % 2
+        or not x.is_contiguous()
+        or (x.requires_grad and torch.is_grad_enabled())
+    ):
         return F.avg_pool2d(x, 2, 2)
     rows = x.view(n, c, h // 2, 2 * w)
     rows = rows[..., :w] + rows[..., w:]  # row 2i + row 2i+1

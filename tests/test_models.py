@@ -179,6 +179,9 @@ def test_avg_pool_2x2_matches_aten(shape: tuple[int, ...]) -> None:
     (gx,) = torch.autograd.grad(y, x, g)
     (ex,) = torch.autograd.grad(expected, x, g)
     torch.testing.assert_close(gx, ex)
+    with torch.no_grad():  # the strided-add path (gradient-free passes)
+        torch.testing.assert_close(avg_pool_2x2(x), expected.detach())
+        torch.testing.assert_close(avg_pool_2x2(x.float()), expected.detach().float())
     channels_last = x.detach().contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(avg_pool_2x2(channels_last), expected.detach())
 
