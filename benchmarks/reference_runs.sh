@@ -20,3 +20,23 @@ dcbench run --methods random,herding,kcenter,dm,idm,bacon --datasets digits --ip
 # Issue 4: DM on Fashion-MNIST, 100 iterations (fast's 5% of 2000), 2 evaluation seeds (CPU budget)
 dcbench run --methods dm --datasets fashionmnist --ipc 1,10 --preset fast --set dm.iterations=2000 \
   --eval-seeds 0-1 --store $runs/fashionmnist-dm --no-progress
+
+# Issue 6: MTT on digits (tuned digits rows, benchmarks/results/tune_mtt.md: 100 iterations under
+# fast, experts 5 × 15 epochs), both hard-label evaluations (fixed lr 0.01 and the learned α)
+dcbench run --methods mtt --datasets digits --ipc 1,10 --preset fast \
+  --evaluators hard,hard-learned-lr --store $runs/digits-fast --no-progress
+
+# Issue 7: EDC, DM and random on digits under both tracks (the soft evaluators also run the random
+# control), the full-data row for DD-Ranking's hard-label recovery, and BACON's soft evaluations
+dcbench run --methods edc,dm,random --datasets digits --ipc 1,10 --preset fast \
+  --evaluators hard,soft,soft-noaug --store $runs/digits-fast --no-progress
+dcbench run --methods full --datasets digits --preset fast --store $runs/digits-fast --no-progress
+
+# Issue 4: herding and k-center on Fashion-MNIST; the feature network trains 2 epochs (fast's 10 do
+# not fit a 2-core session)
+dcbench run --methods herding,kcenter --datasets fashionmnist --ipc 1,10 --preset fast --set epochs=2 \
+  --store $runs/fashionmnist-fast --no-progress
+
+# Issue 7: EDC on Fashion-MNIST IPC 10 (teachers: 4 small BN networks, 1 epoch each under fast)
+dcbench run --methods edc --datasets fashionmnist --ipc 10 --preset fast \
+  --evaluators hard,soft,soft-noaug --store $runs/fashionmnist-fast --no-progress
