@@ -40,3 +40,9 @@ dcbench run --methods herding,kcenter --datasets fashionmnist --ipc 1,10 --prese
 # Issue 7: EDC on Fashion-MNIST IPC 10 (teachers: 4 small BN networks, 1 epoch each under fast)
 dcbench run --methods edc --datasets fashionmnist --ipc 10 --preset fast \
   --evaluators hard,soft,soft-noaug --store $runs/fashionmnist-fast --no-progress
+
+# Issue 5: IDM/BACON digits settings (no published row): ce_weight searched on a validation split
+# of train (benchmarks/results/tune_settings.md), then the digits IPC 10 cells and BACON IPC 1 at
+# the same 200 iterations as IDM
+python benchmarks/tune_settings.py --method idm --dataset digits --ipc 1 --set iterations=200 \
+  --grid ce_weight=0.5,0.05,0

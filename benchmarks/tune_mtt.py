@@ -24,79 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from tuning import RESULTS, holdout_split, load_lines, record_line, score_setting
 
-import methods  # noqa: F401  (registers the built-in methods)
-from dcbench.cache import ArtifactCache
-from dcbench.data import RealData, load_dataset
-from dcbench.errors import DivergenceError
+from dcbench.data import load_dataset
 from dcbench.method import METHODS, config_dict, parse_overrides
-from dcbench.protocol import PRESETS, eval_seed, seed_hash
-from evaluators.hard import HardLabelEvaluator, LearnedLrHardLabelEvaluator
+from dcbench.protocol import seed_hash
 
-RESULTS = Path(__file__).parent / "results"
 BASE = {"expert_epochs": 2, "max_start_epoch": 2, "lr_img": 100.0, "lr_lr": 1e-07}
-
-
-def holdout_split(data: RealData, per_class: int, seed: int) -> RealData:
-    """Train minus ``per_class`` seeded held-out images per class; the held-out images are the
-    returned set's test split (the real test split is dropped)."""
-    gen = torch.Generator().manual_seed(seed)
-    val = []
-    for members in data.class_indices:
-        if members.numel() <= per_class:
-            raise SystemExit(f"a class has only {members.numel()} train images")
-        val.append(members[torch.randperm(members.numel(), generator=gen)[:per_class]])
-    val_idx = torch.cat(val).sort().values
-    keep = torch.ones(data.train_labels.numel(), dtype=torch.bool)
-    keep[val_idx] = False
-    return RealData(
-        data.info, data.train_images[keep], data.train_labels[keep],
-        data.train_images[val_idx], data.train_labels[val_idx],
-    )  # fmt: skip
-
-
-def score(split: RealData, settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Distil with ``settings`` on the split and evaluate on its held-out images."""
-    method = METHODS.get("mtt")()
-    config = method.resolve_config(args.dataset, args.ipc, settings)
-    device = torch.device("cpu")
-    start = time.perf_counter()
-    try:
-        distilled = method.distill(
-            split, args.ipc, config, seed=seed_hash("mtt-tune", args.dataset, args.ipc),
-            device=device, budget=PRESETS.get("paper"), cache=ArtifactCache(args.cache),
-        )  # fmt: skip
-    except DivergenceError as err:
-        return {"diverged": str(err), "score": 0.0, "distill_s": time.perf_counter() - start}
-    distill_s = time.perf_counter() - start
-    fast = PRESETS.get("fast")
-    seeds = [eval_seed(args.dataset, "tune", "convnet", k) for k in range(args.eval_seeds)]
-    result: dict[str, Any] = {"train_lr": distilled.train_lr, "distill_s": round(distill_s, 1)}
-    evaluators = {"hard": HardLabelEvaluator(), "learned": LearnedLrHardLabelEvaluator()}
-    for name, evaluator in evaluators.items():
-        if name == "learned" and not (distilled.train_lr or 0) > 0:
-            result[name] = [0.0] * len(seeds)  # α ≤ 0 cannot train a network
-            continue
-        metrics = evaluator.evaluate(
-            distilled, split, "convnet", seeds=seeds, device=device, budget=fast
-        )
-        result[name] = [round(m["accuracy"], 4) for m in metrics]
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    result["score"] = round((mean(result["hard"]) + mean(result["learned"])) / 2, 4)
-    result["loss_trace"] = distilled.meta.get("loss_trace")
-    return result
-
-
-def load_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_summary(lines: list[dict[str, Any]], path: Path) -> None:
@@ -171,17 +108,15 @@ def main() -> None:
         for line in done:
             if (line["dataset"], line["ipc"], line["config"]) == (args.dataset, args.ipc, config):
                 return line["score"]
-        result = score(split, settings, args)
+        result = score_setting(
+            "mtt", split, args.dataset, args.ipc, settings, eval_seeds=args.eval_seeds,
+            cache=args.cache, learned_lr=True,
+        )  # fmt: skip
         line = {
             "dataset": args.dataset, "ipc": args.ipc, "stage": stage, "config": config,
             "val_per_class": args.val_per_class, "eval_seeds": args.eval_seeds, **result,
-            "loadavg_1m": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads(),
         }  # fmt: skip
-        print(json.dumps({k: v for k, v in line.items() if k != "loss_trace"}), flush=True)
-        with out.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-        done.append(line)
-        write_summary(done, out.with_suffix(".md"))
+        record_line(out, done, line, write_summary)
         return result["score"]
 
     run("init", {**base, "iterations": 0})
