@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dcbench.leaderboard import Table, ok_records
+from dcbench.leaderboard import Table, provenance
 
 if TYPE_CHECKING:
     from dcbench.report import Report
@@ -129,14 +129,10 @@ def figure_html(spec: Any, folder: Path) -> str:
 def render_html(report: Report, figures: Sequence[Any], out: Path) -> str:
     """The report as one HTML page; ``figures`` must already be drawn under ``out/figures``."""
     folder = out / "figures"
-    ok = ok_records(report.records)
     sources = ", ".join(f"<code>{escape(s)}</code>" for s in report.sources)
     parts = [
         "<h1>dcbench report</h1>",
-        f"<p>Rendered from {len(report.records)} records ({len(ok)} finished, "
-        f"{len(report.records) - len(ok)} failed) in {sources}. Every number is a pure function "
-        "of these records; records of different presets or protocol versions are never pooled. "
-        "Click a column header to sort.</p>",
+        f"<p>{provenance(report.records, sources)} Click a column header to sort.</p>",
     ]
     nav = [f'<li><a href="#{escape(tr.track.slug)}">{escape(tr.track.title)}</a></li>'
            for tr in report.tracks]  # fmt: skip

@@ -11,6 +11,7 @@ Tables come back as :class:`Table` objects (display strings plus caption) for th
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ CELL = ["model", "method", "dataset", "ipc"]
 
 def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Records (ok and failed) → one row each: ``records_to_frame``'s columns plus the record's
-    ``protocol``, ``artifact``, ``device_name`` and ``cpu_threads``; ``ipc`` as nullable Int64."""
+    ``protocol``, ``artifact``, ``device_name``, ``cpu_threads``, ``config`` (canonical JSON of
+    the method config), ``created`` and ``superseded`` (:func:`superseded_configs`); ``ipc`` as
+    nullable Int64."""
     frame = records_to_frame(list(records), include_failed=True).drop_duplicates("key")
     by_key = {r["key"]: r for r in records}
     extra = {
@@ -45,6 +48,8 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         "artifact": lambda r: r.get("artifact"),
         "device_name": lambda r: (r.get("env") or {}).get("device_name"),
         "cpu_threads": lambda r: (r.get("env") or {}).get("cpu_threads"),
+        "config": lambda r: json.dumps(r.get("config"), sort_keys=True),
+        "created": lambda r: r.get("created") or "",
     }
     for column, get in extra.items():
         frame[column] = [get(by_key[k]) for k in frame["key"]] if len(frame) else []
@@ -56,12 +61,49 @@ def records_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = pd.array(
             [None if pd.isna(v) else int(v) for v in frame[column]], dtype="Int64"
         )
+    frame["superseded"] = superseded_configs(frame)
     return frame
 
 
+def superseded_configs(frame: pd.DataFrame) -> pd.Series:
+    """True for the finished records whose cell (track × model, method, dataset, ipc) also holds
+    finished records of another method config created later: a cell shows one config, the
+    newest (a rerun with more iterations replaces the earlier numbers, never pools with them)."""
+    out = pd.Series(False, index=frame.index)
+    done = frame[frame["status"] == "ok"]
+    if done.empty or "config" not in done:
+        return out
+    for _, cell in done.groupby([*TRACK, *CELL], dropna=False, sort=False):
+        if cell["config"].nunique() > 1:
+            newest = cell.loc[cell["created"].idxmax(), "config"]
+            out[cell.index[cell["config"] != newest]] = True
+    return out
+
+
+def provenance(frame: pd.DataFrame, sources: str) -> str:
+    """The report's opening sentence: how many records (finished, superseded, failed) from
+    ``sources`` it is rendered from, and what is never pooled."""
+    ok = len(ok_records(frame))
+    superseded = int(frame["superseded"].sum()) if "superseded" in frame else 0
+    hidden = (
+        f", {superseded} of a method config superseded by a newer one of the same cell, not shown"
+        if superseded
+        else ""
+    )
+    return (
+        f"Rendered from {len(frame)} records ({ok} finished{hidden}, "
+        f"{len(frame) - ok - superseded} failed) in {sources}. Every number is a pure function "
+        "of these records; records of different presets, protocol versions or method configs "
+        "are never pooled."
+    )
+
+
 def ok_records(frame: pd.DataFrame) -> pd.DataFrame:
-    """The finished records of ``frame``."""
-    return frame[frame["status"] == "ok"]
+    """The finished records of ``frame``, without those of superseded configs."""
+    keep = frame["status"] == "ok"
+    if "superseded" in frame:
+        keep &= ~frame["superseded"].astype(bool)
+    return frame[keep]
 
 
 def cell_stats(frame: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from dcbench.leaderboard import (
     leaderboard_table,
     main_model,
     ok_records,
+    provenance,
     records_frame,
     score_tables,
     seeds_text,
@@ -240,14 +241,10 @@ def markdown_table(table: Table) -> str:
 def render_markdown(report: Report, figures: Sequence[Any] = ()) -> str:
     """The whole report as markdown, linking ``figures`` (planned figures, drawn under
     ``figures/`` beside the markdown file)."""
-    ok = ok_records(report.records)
-    failed = len(report.records) - len(ok)
     lines = [
         "# dcbench report",
         "",
-        f"Rendered from {len(report.records)} records ({len(ok)} finished, {failed} failed) in "
-        f"{', '.join(f'`{s}`' for s in report.sources)}. Every number is a pure function of "
-        "these records; records of different presets or protocol versions are never pooled.",
+        provenance(report.records, ", ".join(f"`{s}`" for s in report.sources)),
         "",
     ]
     if report.problems:

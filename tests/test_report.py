@@ -26,7 +26,7 @@ from dcbench.cli import main
 from dcbench.data import denormalize
 from dcbench.distilled import DistilledSet
 from dcbench.figures import display_images, draw_figures, image_grid
-from dcbench.leaderboard import cell_stats, leaderboard_table, records_frame, tracks
+from dcbench.leaderboard import cell_stats, leaderboard_table, provenance, records_frame, tracks
 from dcbench.published import DEFAULT_PUBLISHED, load_published
 from dcbench.report import (
     accuracy_csv,
@@ -130,6 +130,28 @@ def test_population_std_and_no_pooling_across_presets_or_protocols():
     table = leaderboard_table(frame, stats, found[1], None)
     assert table.frame.set_index("method").loc["random", "digits ipc1"] == "10.00 ± 0.00 (1)"
     assert "protocol v2" in table.caption
+
+
+def test_a_cell_shows_only_its_newest_method_config():
+    def rec(key, acc, iterations, created, seed=0):
+        r = _record(key, "bacon", 1, acc, eval_seed=seed)
+        return {**r, "config": {"iterations": iterations}, "created": created}
+
+    records = [
+        rec("old0", 0.2, 50, "2026-11-01T00:00:00+00:00", 0),
+        rec("old1", 0.4, 50, "2026-11-01T00:00:00+00:00", 1),
+        rec("new0", 0.8, 200, "2026-11-02T00:00:00+00:00", 0),
+        rec("other", 0.5, 50, "2026-11-01T00:00:00+00:00") | {"ipc": 10},  # its own cell
+    ]
+    frame = records_frame(records)
+    assert frame.set_index("key")["superseded"].to_dict() == {
+        "old0": True, "old1": True, "new0": False, "other": False,
+    }  # fmt: skip
+    stats = cell_stats(frame).set_index("ipc")
+    assert stats.loc[1, "n"] == 1 and stats.loc[1, "mean"] == pytest.approx(80.0)
+    assert stats.loc[10, "mean"] == pytest.approx(50.0)
+    assert "2 finished, 2 of a method config superseded" in provenance(frame, "s")
+    assert "0 failed" in provenance(frame, "s")
 
 
 def test_mean_rank_only_over_columns_where_every_ranked_method_has_a_number():
