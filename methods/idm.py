@@ -113,7 +113,23 @@ FALLBACK_BY_IPC = {
 
 def fallback_settings(ipc: int) -> dict[str, Any]:
     """The CIFAR-10 command row of the IPC band: ipc < 10 → ipc 1, < 50 → ipc 10, else ipc 50."""
-    return dict(FALLBACK_BY_IPC[1 if ipc < 10 else 10 if ipc < 50 else 50])
+    return dict(FALLBACK_BY_IPC[_band(ipc)])
+
+
+def _band(ipc: int) -> int:
+    return 1 if ipc < 10 else 10 if ipc < 50 else 50
+
+
+# dcbench's own rows for datasets no paper covers, chosen on a validation split carved from the
+# train split (benchmarks/tune_settings.py, results in benchmarks/results/tune_settings.md); they
+# are not paper settings. digits: the CIFAR-10 rows with ce_weight 0.05 instead of 0.5. With
+# 0.5 the accuracy-weighted CE (pool nets fit digits to ~90%, so λ_ce·a_θ ≈ 45) swamps the
+# matching term of the 128-d embedding and 200 updates lower held-out accuracy below the mosaic
+# initialisation (71.2% vs 76.2%); 0.05 raises it to 84.0% (IDM, IPC 1). IPC 10 and BACON take
+# the same value (searched for IDM at IPC 1 only). Other IPCs use their band's row.
+TUNED_SETTINGS: dict[tuple[str, int], dict[str, Any]] = {
+    ("digits", band): {**row, "ce_weight": 0.05} for band, row in FALLBACK_BY_IPC.items()
+}
 
 
 def idm_matching_loss(
@@ -164,12 +180,17 @@ class IDM(Method):
 
     Config = IDMConfig
     paper_settings: ClassVar[dict] = IDM_SETTINGS
+    tuned_settings: ClassVar[dict] = TUNED_SETTINGS
     #: whether the matching term needs the per-dimension std of the real embeddings (BACON)
     needs_real_std: ClassVar[bool] = False
 
     def settings_for(self, dataset: str, ipc: int) -> dict[str, Any]:
+        """The paper row, else dcbench's tuned row of the IPC band, else the CIFAR-10 row of the
+        IPC band (:func:`fallback_settings`)."""
         if (dataset, ipc) in self.paper_settings:
             return dict(self.paper_settings[(dataset, ipc)])
+        if (dataset, _band(ipc)) in self.tuned_settings:
+            return dict(self.tuned_settings[(dataset, _band(ipc))])
         return fallback_settings(ipc)
 
     def matching_loss(

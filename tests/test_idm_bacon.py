@@ -14,6 +14,7 @@ from dcbench.classwise_sgd import ClasswiseSGD
 from dcbench.distilled import decode_partition2x2
 from dcbench.errors import DcbenchError
 from dcbench.matching import ClassBatchSampler
+from dcbench.method import config_dict
 from dcbench.models import ConvNet
 from dcbench.pool import NetworkPool, PoolMember
 from dcbench.protocol import PRESETS
@@ -88,6 +89,13 @@ def test_settings_tables_and_fallback():
     assert bacon.resolve_config("tinyimagenet", 10).init == "mosaic"
     assert idm.resolve_config("digits", 2).batch_real == fallback_settings(1)["batch_real"] == 5000
     assert idm.resolve_config("digits", 20).net_generate_interval == 30
+    # digits: dcbench's tuned rows (the band's CIFAR-10 row with ce_weight 0.05), both methods
+    for method in (idm, bacon):
+        for ipc, band in ((1, 1), (10, 10), (20, 10), (50, 50)):
+            assert config_dict(method.resolve_config("digits", ipc)) == config_dict(
+                method.resolve_config("cifar10", band, {"ce_weight": 0.05})
+            )
+    assert idm.resolve_config("svhn", 1).ce_weight == 0.5  # untuned datasets: the fallback
     assert bacon.resolve_config("cifar10", 10).lr_img == 0.2
 
 
