@@ -46,7 +46,7 @@ dcbench run --methods edc --datasets fashionmnist --ipc 10 --preset fast \
 # The digits runs above use the resulting tuned rows; BACON's digits sets also under the soft track.
 python benchmarks/tune_settings.py --method idm --dataset digits --ipc 1 --set iterations=200 \
   --grid ce_weight=0.5,0.05,0
-dcbench run --methods bacon --datasets digits --ipc 1 --preset fast --set bacon.iterations=4000 \
+dcbench run --methods bacon --datasets digits --ipc 1,10 --preset fast --set bacon.iterations=4000 \
   --evaluators soft,soft-noaug --store $runs/digits-fast --no-progress
 
 # Issue 5: IDM and BACON on Fashion-MNIST IPC 1 (BACON's historic rows: batch_real 5000 per class,
