@@ -53,3 +53,18 @@ dcbench run --methods bacon --datasets digits --ipc 1,10 --preset fast --set bac
 # ~40 s per iteration here): 10 iterations, 2 evaluation seeds (CPU budget)
 dcbench run --methods idm,bacon --datasets fashionmnist --ipc 1 --preset fast --set idm.iterations=10 \
   --set bacon.iterations=10 --eval-seeds 0-1 --store $runs/fashionmnist-idm --no-progress
+dcbench run --methods idm,bacon --datasets fashionmnist --ipc 10 --preset fast --set idm.iterations=20 \
+  --set bacon.iterations=20 --eval-seeds 0-1 --store $runs/fashionmnist-idm --no-progress
+
+# Issue 5: what the 2x2 partition decoder costs without distillation (real images vs IDM/BACON's
+# mosaic initialisation decoded), hard and soft tracks, paired with the digits store's seeds
+python benchmarks/decoder_control.py --dataset digits --ipc 1 --eval-seeds 3 --cache $runs/digits-fast/cache
+python benchmarks/decoder_control.py --dataset digits --ipc 10 --eval-seeds 2 --cache $runs/digits-fast/cache
+
+# Issue 6: MTT on Fashion-MNIST IPC 1 (no published or tuned row: the digits-tuned values with the
+# CIFAR-10 IPC 1 unroll of 50 steps); 2 experts x 3 epochs (~2.3 min per expert epoch here),
+# 100 iterations under fast, 2 evaluation seeds, fixed-lr and learned-alpha evaluations
+dcbench run --methods mtt --datasets fashionmnist --ipc 1 --preset fast --set mtt.num_experts=2 \
+  --set mtt.train_epochs=3 --set mtt.syn_steps=50 --set mtt.expert_epochs=2 --set mtt.max_start_epoch=2 \
+  --set mtt.lr_img=10 --set mtt.lr_lr=1e-6 --set mtt.iterations=2000 --evaluators hard,hard-learned-lr \
+  --eval-seeds 0-1 --store $runs/fashionmnist-mtt --no-progress
