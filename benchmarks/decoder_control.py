@@ -61,16 +61,16 @@ def write_summary(lines: list[dict[str, Any]], path: Path) -> None:
         "Test accuracy (%) of ConvNets trained on real images: `real-4ipc` = 4·ipc random real",
         "images per class; `mosaic-decoded` = IDM/BACON's mosaic initialisation decoded by the 2×2",
         "partition decoder (the same number of training images at half resolution). Seeds are the",
-        "runner's evaluation seeds 0..n-1, so the numbers pair with the store's records. Preset fast.",
+        "runner's evaluation seeds 0..n-1, so the numbers pair with the store's records.",
         "",
-        "| dataset | ipc | evaluator | arm | accuracy (mean ± std) | per seed | s / network |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | ipc | preset | evaluator | arm | accuracy, mean ± std | per seed | s / net |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for ln in lines:
         accs = torch.tensor(ln["accuracy"]) * 100
         std = float(accs.std(unbiased=False)) if len(accs) > 1 else 0.0
         out.append(
-            f"| {ln['dataset']} | {ln['ipc']} | {ln['evaluator']} | {ln['arm']} | "
+            f"| {ln['dataset']} | {ln['ipc']} | {ln['preset']} | {ln['evaluator']} | {ln['arm']} | "
             f"{float(accs.mean()):.2f} ± {std:.2f} | {', '.join(f'{a:.2f}' for a in accs)} | "
             f"{ln['seconds_per_network']} |"
         )
