@@ -68,3 +68,4 @@ dcbench run --methods mtt --datasets fashionmnist --ipc 1 --preset fast --set mt
   --set mtt.train_epochs=3 --set mtt.syn_steps=50 --set mtt.expert_epochs=2 --set mtt.max_start_epoch=2 \
   --set mtt.lr_img=10 --set mtt.lr_lr=1e-6 --set mtt.iterations=2000 --evaluators hard,hard-learned-lr \
   --eval-seeds 0-1 --store $runs/fashionmnist-mtt --no-progress
+python benchmarks/decoder_control.py --dataset fashionmnist --ipc 1 --evaluators hard --eval-seeds 2
