@@ -35,6 +35,7 @@ from dcbench.cache import ArtifactCache
 from dcbench.data import RealData, load_dataset
 from dcbench.distilled import DistilledSet
 from dcbench.evaluator import EVALUATORS
+from dcbench.matching import class_labels
 from dcbench.protocol import PRESETS, eval_seed, seed_hash
 from methods.idm import mosaic_init
 
@@ -47,10 +48,10 @@ def control_set(data: RealData, ipc: int, arm: str) -> DistilledSet:
     meta = {"dataset": data.info.name, "mean": list(data.info.mean), "std": list(data.info.std)}
     if arm == "real-4ipc":
         images = mosaic_init(data, 4 * ipc, "full", gen)
-        labels = torch.arange(data.info.num_classes).repeat_interleave(4 * ipc)
+        labels = class_labels(data.info.num_classes, 4 * ipc)
         return DistilledSet(images, labels, meta={**meta, "ipc": 4 * ipc})
     images = mosaic_init(data, ipc, "mosaic", gen)
-    labels = torch.arange(data.info.num_classes).repeat_interleave(ipc)
+    labels = class_labels(data.info.num_classes, ipc)
     return DistilledSet(images, labels, meta={**meta, "ipc": ipc}, decoder="partition2x2")
 
 

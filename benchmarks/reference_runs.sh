@@ -60,6 +60,7 @@ dcbench run --methods idm,bacon --datasets fashionmnist --ipc 10 --preset fast -
 # mosaic initialisation decoded), hard and soft tracks, paired with the digits store's seeds
 python benchmarks/decoder_control.py --dataset digits --ipc 1 --eval-seeds 3 --cache $runs/digits-fast/cache
 python benchmarks/decoder_control.py --dataset digits --ipc 10 --eval-seeds 2 --cache $runs/digits-fast/cache
+python benchmarks/decoder_control.py --dataset fashionmnist --ipc 1 --evaluators hard --eval-seeds 2
 
 # Issue 6: MTT on Fashion-MNIST IPC 1 (no published or tuned row: the digits-tuned values with the
 # CIFAR-10 IPC 1 unroll of 50 steps); 2 experts x 3 epochs (~2.3 min per expert epoch here),
@@ -68,4 +69,3 @@ dcbench run --methods mtt --datasets fashionmnist --ipc 1 --preset fast --set mt
   --set mtt.train_epochs=3 --set mtt.syn_steps=50 --set mtt.expert_epochs=2 --set mtt.max_start_epoch=2 \
   --set mtt.lr_img=10 --set mtt.lr_lr=1e-6 --set mtt.iterations=2000 --evaluators hard,hard-learned-lr \
   --eval-seeds 0-1 --store $runs/fashionmnist-mtt --no-progress
-python benchmarks/decoder_control.py --dataset fashionmnist --ipc 1 --evaluators hard --eval-seeds 2

@@ -41,7 +41,7 @@ from dcbench.classwise_sgd import ClasswiseSGD
 from dcbench.data import RealData
 from dcbench.distilled import DistilledSet, decode_partition2x2
 from dcbench.errors import DcbenchError, DivergenceError
-from dcbench.matching import ClassBatchSampler, class_means, embed, model_builder
+from dcbench.matching import ClassBatchSampler, class_labels, class_means, embed, model_builder
 from dcbench.method import Method, Progress, register_method
 from dcbench.pool import NetworkPool
 from dcbench.protocol import Preset, seed_hash
@@ -226,7 +226,7 @@ class IDM(Method):
             raise DcbenchError(f"{self.name}'s 2×2 partition needs even image sizes")
 
         images = mosaic_init(data, ipc, config.init, gen).to(device)
-        labels = torch.arange(num_classes).repeat_interleave(ipc)
+        labels = class_labels(num_classes, ipc)
         row_class = labels.to(device)
         optimizer = ClasswiseSGD(
             images, row_class, num_classes, lr=config.lr_img, momentum=config.momentum_img
