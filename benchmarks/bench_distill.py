@@ -21,8 +21,11 @@ by ``torch.utils.flop_counter`` on the real network, convolutions and matrix pro
   weight gradients). DSA, the loss and the SGD step are memory-bound and not counted.
 
 ``--variant reference`` times, instead of the method, a plain port of the reference code's loop
-structure (``dm`` only: ``main_DM.py``'s per-class real batch, DSA draw and separate real and
-synthetic forward passes, one SGD step), with the same modules, for a same-conditions baseline.
+structure, for a same-machine baseline: ``dm``: ``main_DM.py``'s per-class real batch, DSA draw
+and separate real and synthetic forward passes, one SGD step, with dcbench's modules; ``mtt``:
+``distill.py``'s unrolled student on a flat vector with the reference's own modules (ATen's
+average pool, GroupNorm), ``backward()`` from the matching loss. Run the reference with
+``--system-malloc``: the reference code does not change the allocator.
 
     python benchmarks/bench_distill.py --method dm --dataset fashionmnist --ipc 10 --iters 20
 
@@ -49,6 +52,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import dcbench
@@ -138,7 +142,90 @@ def reference_dm(
         progress(it + 1, config.iterations)
 
 
-VARIANTS = {"dm": reference_dm}
+def reference_mtt(
+    data: RealData,
+    ipc: int,
+    config,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: Callable[[int, int], None],
+) -> None:
+    """``distill.py``'s outer iteration (spec mtt_and_benchmarks.md §3.3), for timing only.
+
+    The reference's modules (``nn.Conv2d``, ``nn.GroupNorm(C, C)``, in-place ``nn.ReLU``,
+    ``nn.AvgPool2d(2, 2)``, ``nn.Linear``) on a flat parameter vector (``functional_call`` in place
+    of ``ReparamModule``'s view rebinding, the same tensors); per iteration: a list of student
+    parameter vectors grown by ``syn_steps`` create-graph steps on DSA-augmented chunks of a
+    random permutation (one family per chunk), the sum-of-squares matching loss divided by the
+    start distance, ``backward()`` into the images and α, one SGD step on each. Start and target
+    are two random initialisations (the expert values do not change the work).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dsa = DSA(config.dsa_strategy)
+    channels, height, width = data.info.image_shape
+    layers: list[torch.nn.Module] = []
+    size, in_channels, net_width = height, channels, config.width or 128
+    for d in range(config.depth or 3):
+        pad = 3 if channels == 1 and d == 0 else 1
+        layers += [
+            torch.nn.Conv2d(in_channels, net_width, 3, padding=pad),
+            torch.nn.GroupNorm(net_width, net_width, affine=True),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.AvgPool2d(2, 2),
+        ]
+        size, in_channels = (size + 2 * pad - 2) // 2, net_width
+    classifier = torch.nn.Linear(net_width * size * size, data.info.num_classes)
+    net = torch.nn.Sequential(*layers, torch.nn.Flatten(), classifier).to(device)
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for _, p in net.named_parameters()]
+    numels = [p.numel() for _, p in net.named_parameters()]
+
+    def flat_forward(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        views = {n: v.view(s) for n, v, s in zip(names, w.split(numels), shapes)}
+        return torch.func.functional_call(net, views, (x,))
+
+    def random_flat(k: int) -> torch.Tensor:
+        torch.manual_seed(seed_hash(seed, "reference-mtt", k))
+        for module in net.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    idx = sample_per_class(data, ipc, gen)
+    syn = data.normalize(data.train_images[idx], device).requires_grad_(True)
+    labels = torch.arange(data.info.num_classes, device=device).repeat_interleave(ipc)
+    syn_lr = torch.tensor(float(config.lr_teacher), device=device, requires_grad=True)
+    opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
+    opt_lr = torch.optim.SGD([syn_lr], lr=config.lr_lr, momentum=0.5)
+    batch_syn = config.batch_syn or syn.shape[0]
+    for it in range(config.iterations):
+        start, target = random_flat(2 * it), random_flat(2 * it + 1)
+        student_params = [start.clone().requires_grad_(True)]
+        chunks: list[torch.Tensor] = []
+        for _ in range(config.syn_steps):
+            if not chunks:
+                chunks = list(torch.randperm(syn.shape[0], generator=gen).split(batch_syn))
+            these = chunks.pop()
+            x = syn[these]
+            x = dsa.apply(x, dsa.sample(x.shape[0], height, width, gen, one_family=True))
+            ce = F.cross_entropy(flat_forward(student_params[-1], x), labels[these])
+            (grad,) = torch.autograd.grad(ce, student_params[-1], create_graph=True)
+            student_params.append(student_params[-1] - syn_lr * grad)
+        num_params = start.numel()
+        param_loss = F.mse_loss(student_params[-1], target, reduction="sum") / num_params
+        param_dist = F.mse_loss(start, target, reduction="sum") / num_params
+        loss = param_loss / param_dist
+        opt_img.zero_grad()
+        opt_lr.zero_grad()
+        loss.backward()
+        opt_img.step()
+        opt_lr.step()
+        del student_params
+        progress(it + 1, config.iterations)
+
+
+VARIANTS = {"dm": reference_dm, "mtt": reference_mtt}
 
 
 def _timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
@@ -214,7 +301,7 @@ def main() -> None:
     ap.add_argument("--set", dest="settings", action="append", default=[], help="key=value")
     ap.add_argument(
         "--variant", choices=["method", "reference"], default="method",
-        help="time the method, or a port of its reference code's loop (dm)",
+        help="time the method, or a port of its reference code's loop (dm, mtt)",
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--data-root", default=None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -116,28 +117,72 @@ def _activation(kind: str) -> nn.Module:
     raise DcbenchError(f"unknown activation {kind!r}; valid choices: {', '.join(ACTIVATIONS)}")
 
 
-def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.avg_pool2d(x, 2, 2)`` (equal up to float rounding), faster for gradient-free passes.
-
-    ATen's CPU average pool for NCHW walks every output pixel's window separately; summing the
-    row pairs and then the column pairs as two strided adds over the whole map measures ~7× faster
-    forward on ConvNet maps (benchmarks/results/distill.md). With autograd ATen's pool is kept: its
-    backward (and MTT's double backward) is as fast and keeps a smaller graph. Odd sizes, other
-    layouts and non-CPU devices use ``F.avg_pool2d`` too.
-    """
+def _sum_2x2(x: torch.Tensor) -> torch.Tensor:
+    """Sums of the 2×2 windows of an even-sized contiguous NCHW map: two strided adds."""
     n, c, h, w = x.shape
-    if (
-        x.device.type != "cpu"
-        or h % 2
-        or w % 2
-        or not x.is_contiguous()
-        or (x.requires_grad and torch.is_grad_enabled())
-    ):
-        return F.avg_pool2d(x, 2, 2)
     rows = x.view(n, c, h // 2, 2 * w)
     rows = rows[..., :w] + rows[..., w:]  # row 2i + row 2i+1
     cols = rows.view(n, c, h // 2, w // 2, 2)
-    return (cols[..., 0] + cols[..., 1]) * 0.25
+    return cols[..., 0] + cols[..., 1]
+
+
+class _Pool2x2(torch.autograd.Function):
+    """y = ¼ Σ over each 2×2 window. Its adjoint is :class:`_Spread2x2` and vice versa, so both
+    are differentiable to any order (MTT's double backward runs through the pool's backward)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _sum_2x2(x).mul_(0.25)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _Spread2x2.apply(grad)
+
+
+class _Spread2x2(torch.autograd.Function):
+    """¼ g copied to every pixel of its 2×2 window: the adjoint of :class:`_Pool2x2`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = g.shape
+        # Columns doubled (and scaled) in one pass, then each doubled row written twice: ATen's
+        # 6-d broadcast copy measured ~2× slower on ConvNet maps.
+        rows = (g.unsqueeze(-1).expand(n, c, h, w, 2) * 0.25).view(n, c, h, 2 * w)
+        return torch.cat([rows, rows], dim=3).view(n, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _Pool2x2.apply(grad)
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2, 2)`` (equal up to float rounding), faster on the CPU.
+
+    ATen's CPU average pool for NCHW walks every output pixel's window separately; summing the
+    row pairs and then the column pairs as two strided adds over the whole map measures ~7× faster
+    forward on ConvNet maps (benchmarks/results/distill.md). With autograd the pool and its
+    backward (a copy of ¼ g into each window) are a pair of autograd functions, each the other's
+    adjoint, so gradients of any order (MTT's double backward) stay on the fast kernels. Odd
+    sizes, other layouts and non-CPU devices use ``F.avg_pool2d``.
+    """
+    n, c, h, w = x.shape
+    if x.device.type != "cpu" or h % 2 or w % 2 or not x.is_contiguous():
+        return F.avg_pool2d(x, 2, 2)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _Pool2x2.apply(x)
+    return _sum_2x2(x) * 0.25
 
 
 class AvgPool2x2(nn.Module):

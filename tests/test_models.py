@@ -186,6 +186,22 @@ def test_avg_pool_2x2_matches_aten(shape: tuple[int, ...]) -> None:
     torch.testing.assert_close(avg_pool_2x2(channels_last), expected.detach())
 
 
+def test_avg_pool_2x2_autograd_any_order() -> None:
+    """The pool/spread pair: gradcheck, gradgradcheck and MTT-style double backward vs ATen."""
+    x = torch.randn(2, 3, 6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(avg_pool_2x2, (x,))
+    assert torch.autograd.gradgradcheck(avg_pool_2x2, (x,))
+    v = torch.randn(2, 3, 3, 2, dtype=torch.float64)
+    results = []
+    for pool in (avg_pool_2x2, lambda t: F.avg_pool2d(t, 2, 2)):
+        y = pool(x)
+        (g,) = torch.autograd.grad((y * v).sum() + y.pow(3).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        results.append((g.detach(), gg))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 def test_build_model_errors() -> None:
     with pytest.raises(DcbenchError, match="did you mean 'resnet18'"):
         build_model("resnet-18", 3, 10, (32, 32))
