@@ -31,6 +31,7 @@ import torch
 from tuning import RESULTS, load_lines, record_line
 
 import evaluators  # noqa: F401  (registers the built-in evaluators)
+from dcbench.allocator import retain_freed_memory
 from dcbench.cache import ArtifactCache
 from dcbench.data import RealData, load_dataset
 from dcbench.distilled import DistilledSet
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="artifact cache holding the teachers")
     ap.add_argument("--out", type=Path, default=RESULTS / "decoder_control.jsonl")
     args = ap.parse_args()
+    retain_freed_memory()  # as the CLI: reuse freed activation memory (dcbench/allocator.py)
 
     data = load_dataset(args.dataset)
     budget = PRESETS.get(args.preset)

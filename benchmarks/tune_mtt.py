@@ -29,6 +29,7 @@ from typing import Any
 
 from tuning import RESULTS, holdout_split, load_lines, record_line, score_setting
 
+from dcbench.allocator import retain_freed_memory
 from dcbench.data import load_dataset
 from dcbench.method import METHODS, config_dict, parse_overrides
 from dcbench.protocol import seed_hash
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/mtt-tune-cache", help="expert cache folder")
     ap.add_argument("--out", default=str(RESULTS / "tune_mtt.jsonl"))
     args = ap.parse_args()
+    retain_freed_memory()  # as the CLI: reuse freed activation memory (dcbench/allocator.py)
 
     data = load_dataset(args.dataset, args.data_root)
     split = holdout_split(data, args.val_per_class, seed_hash("mtt-tune-val", args.dataset))

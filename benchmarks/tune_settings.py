@@ -21,6 +21,7 @@ from typing import Any
 
 from tuning import RESULTS, holdout_split, load_lines, record_line, score_setting
 
+from dcbench.allocator import retain_freed_memory
 from dcbench.data import load_dataset
 from dcbench.method import METHODS, config_dict, parse_overrides
 from dcbench.protocol import seed_hash
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/tune-cache", help="artifact cache folder")
     ap.add_argument("--out", default=str(RESULTS / "tune_settings.jsonl"))
     args = ap.parse_args()
+    retain_freed_memory()  # as the CLI: reuse freed activation memory (dcbench/allocator.py)
 
     method = METHODS.get(args.method)()
     stages = [parse_grid(g) for g in args.grid]
